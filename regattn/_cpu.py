@@ -1,0 +1,692 @@
+"""Compiled CPU kernels (numba) for the regularized attention mappings.
+
+Every kernel works on a C-contiguous 2-D array of rows, one attention distribution
+per row, and processes the half-open row range ``[lo, hi)``. The serial path calls a
+kernel on all rows; the parallel path (``forward_parallel``/``backward_parallel``)
+splits the rows into one chunk per thread. Kernels allocate their scratch space once
+per chunk, never per row.
+
+Conventions shared by all kernels:
+
+* ``-inf`` scores are masked: they get exactly 0 and no gradient, and the structured
+  maps (fusedmax, oscarmax) run on the remaining positions only, in their order.
+* A row containing ``+inf`` is the limit of its scores growing without bound: the
+  mass is spread uniformly over the ``+inf`` positions and the gradient is 0.
+* A row containing NaN returns NaN (and a NaN gradient); other rows are unaffected.
+* A row with no valid position returns zeros and a zero gradient.
+* ``aux`` is an int32 array saved for the backward pass. Threshold maps (sparsemax,
+  sq-pnorm-max, entmax15) use one column of row flags; the structured maps store,
+  for each position, the id of its fused group (``NO_GRAD`` outside the support).
+* Scores are divided by gamma (multiplied by ``inv_gamma``) first; internal
+  arithmetic is float64 whatever the storage type.
+"""
+
+import math
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+# Row flags / group ids with a special meaning.
+NORMAL = 0
+NO_GRAD = -1  # position (or row) receives a zero gradient
+NAN_ROW = -2  # row had a NaN score: NaN output and NaN gradient
+
+SPARSEMAX, FUSEDMAX, OSCARMAX, SQ_PNORM_MAX, ENTMAX15 = range(5)
+STRUCTURED = (FUSEDMAX, OSCARMAX)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+@njit(cache=True)
+def _michelot(vals, counts, k):
+    """Threshold tau with sum_i counts[i] * max(vals[i] - tau, 0) == 1.
+
+    ``vals[:k]`` must contain every value of the support (for example all values
+    above ``max - 1``). Michelot's algorithm: each pass drops the values at or below
+    the current threshold, which can only rise, until nothing is dropped. Expected
+    linear time; ``vals`` and ``counts`` are overwritten.
+    """
+    total = 0.0
+    weight = 0.0
+    for i in range(k):
+        total += vals[i] * counts[i]
+        weight += counts[i]
+    tau = (total - 1.0) / weight
+    while True:
+        kept = 0
+        total = 0.0
+        weight = 0.0
+        for i in range(k):
+            v = vals[i]
+            if v > tau:
+                vals[kept] = v
+                counts[kept] = counts[i]
+                kept += 1
+                total += v * counts[i]
+                weight += counts[i]
+        if kept == k:
+            return tau
+        k = kept
+        tau = (total - 1.0) / weight
+
+
+@njit(cache=True)
+def _row_max(row):
+    """Largest score of a row and whether the row holds a NaN."""
+    vmax = -np.inf
+    has_nan = False
+    for i in range(row.shape[0]):
+        v = row[i]
+        if v > vmax:
+            vmax = v
+        elif v != v:
+            has_nan = True
+    return vmax, has_nan
+
+
+@njit(cache=True)
+def _uniform_over_posinf(row, out_row):
+    count = 0
+    for i in range(row.shape[0]):
+        if row[i] == np.inf:
+            count += 1
+    for i in range(row.shape[0]):
+        out_row[i] = 1.0 / count if row[i] == np.inf else 0.0
+
+
+@njit(cache=True)
+def _special_row(row, out_row, vmax, has_nan):
+    """Handle NaN, +inf and fully masked rows; return their flag, or NORMAL."""
+    if has_nan:
+        out_row[:] = np.nan
+        return NAN_ROW
+    if vmax == np.inf:
+        _uniform_over_posinf(row, out_row)
+        return NO_GRAD
+    if vmax == -np.inf:
+        out_row[:] = 0.0
+        return NO_GRAD
+    return NORMAL
+
+
+@njit(cache=True)
+def _backward_special(flag, grad_row):
+    """Write the gradient of a special row; return True if it was one."""
+    if flag == NAN_ROW:
+        grad_row[:] = np.nan
+        return True
+    if flag == NO_GRAD:
+        grad_row[:] = 0.0
+        return True
+    return False
+
+
+# ------------------------------------------------------------------------ sparsemax
+
+
+@njit(cache=True)
+def sparsemax_forward(x, out, aux, inv_gamma, param, lo, hi):
+    d = x.shape[1]
+    vals = np.empty(d)
+    counts = np.ones(d)
+    for r in range(lo, hi):
+        row = x[r]
+        vmax, has_nan = _row_max(row)
+        aux[r, 0] = _special_row(row, out[r], vmax, has_nan)
+        if aux[r, 0] != NORMAL:
+            continue
+        floor = vmax * inv_gamma - 1.0  # no score at or below max - 1 is in the support
+        k = 0
+        for i in range(d):
+            v = row[i] * inv_gamma
+            if v > floor:
+                vals[k] = v
+                counts[k] = 1.0
+                k += 1
+        tau = _michelot(vals, counts, k)
+        for i in range(d):
+            v = row[i] * inv_gamma - tau
+            out[r, i] = v if v > 0.0 else 0.0
+
+
+@njit(cache=True)
+def sparsemax_backward(y, aux, g, grad, inv_gamma, param, lo, hi):
+    d = y.shape[1]
+    for r in range(lo, hi):
+        if _backward_special(aux[r, 0], grad[r]):
+            continue
+        total = 0.0
+        size = 0
+        for i in range(d):
+            if y[r, i] > 0.0:
+                total += g[r, i]
+                size += 1
+        mean = total / size
+        for i in range(d):
+            grad[r, i] = (g[r, i] - mean) * inv_gamma if y[r, i] > 0.0 else 0.0
+
+
+# ----------------------------------------------------- structured maps (fused groups)
+
+
+@njit(cache=True)
+def _compact_row(row, inv_gamma, buf, idx):
+    """Copy the scaled non-masked scores of a row to ``buf`` (their positions to
+    ``idx``); return their number, the largest score and whether a NaN was seen."""
+    m = 0
+    vmax = -np.inf
+    has_nan = False
+    for i in range(row.shape[0]):
+        v = row[i]
+        if v == -np.inf:
+            continue
+        if v != v:
+            has_nan = True
+        elif v > vmax:
+            vmax = v
+        buf[m] = v * inv_gamma
+        idx[m] = i
+        m += 1
+    return m, vmax, has_nan
+
+
+@njit(cache=True)
+def _tv_prox_segments(y, n, lam, seg_val, seg_len):
+    """Condat's direct algorithm for 1-D total-variation denoising.
+
+    Solves argmin_z 1/2 ||z - y[:n]||^2 + lam * sum_i |z[i+1] - z[i]| in one sweep
+    (L. Condat, "A Direct Algorithm for 1D Total Variation Denoising", IEEE SPL
+    2013). The solution is piecewise constant; it is returned as segments (value,
+    length), left to right. Returns the number of segments.
+    """
+    nseg = 0
+    k = 0  # current position
+    k0 = 0  # start of the current segment
+    kminus = 0  # last position where umin was lam
+    kplus = 0  # last position where umax was -lam
+    umin = lam  # dual variable bounds
+    umax = -lam
+    vmin = y[0] - lam  # bounds on the current segment's value
+    vmax = y[0] + lam
+    # One flat loop: numba (0.68) miscompiled the nested-while form of this sweep.
+    while True:
+        if k == n - 1:  # at the right end: close segments until all are out
+            if umin < 0.0:
+                seg_val[nseg] = vmin
+                seg_len[nseg] = kminus - k0 + 1
+                nseg += 1
+                k0 = kminus + 1
+                k = k0
+                kminus = k0
+                vmin = y[k0]
+                umin = lam
+                umax = vmin + lam - vmax
+            elif umax > 0.0:
+                seg_val[nseg] = vmax
+                seg_len[nseg] = kplus - k0 + 1
+                nseg += 1
+                k0 = kplus + 1
+                k = k0
+                kplus = k0
+                vmax = y[k0]
+                umax = -lam
+                umin = vmax - lam - vmin
+            else:
+                seg_val[nseg] = vmin + umin / (k - k0 + 1)
+                seg_len[nseg] = k - k0 + 1
+                return nseg + 1
+        elif umin + y[k + 1] - vmin < -lam:  # a downward jump after kminus
+            seg_val[nseg] = vmin
+            seg_len[nseg] = kminus - k0 + 1
+            nseg += 1
+            k0 = kminus + 1
+            k = k0
+            kminus = k0
+            kplus = k0
+            vmin = y[k0]
+            vmax = vmin + 2.0 * lam
+            umin = lam
+            umax = -lam
+        elif umax + y[k + 1] - vmax > lam:  # an upward jump after kplus
+            seg_val[nseg] = vmax
+            seg_len[nseg] = kplus - k0 + 1
+            nseg += 1
+            k0 = kplus + 1
+            k = k0
+            kminus = k0
+            kplus = k0
+            vmax = y[k0]
+            vmin = vmax - 2.0 * lam
+            umin = lam
+            umax = -lam
+        else:  # no jump: extend the segment
+            umin += y[k + 1] - vmin
+            umax += y[k + 1] - vmax
+            k += 1
+            if umin >= lam:
+                kminus = k
+                vmin += (umin - lam) / (kminus - k0 + 1)
+                umin = lam
+            if umax <= -lam:
+                kplus = k
+                vmax += (umax + lam) / (kplus - k0 + 1)
+                umax = -lam
+
+
+@njit(cache=True)
+def _sparsemax_of_groups(group_val, group_size, ngroups, cand_val, cand_size):
+    """Sparsemax threshold of a vector made of ``group_size[j]`` copies of
+    ``group_val[j]``."""
+    vmax = -np.inf
+    for j in range(ngroups):
+        if group_val[j] > vmax:
+            vmax = group_val[j]
+    k = 0
+    for j in range(ngroups):
+        if group_val[j] > vmax - 1.0:
+            cand_val[k] = group_val[j]
+            cand_size[k] = group_size[j]
+            k += 1
+    return _michelot(cand_val, cand_size, k)
+
+
+@njit(cache=True)
+def fusedmax_forward(x, out, aux, inv_gamma, lam, lo, hi):
+    d = x.shape[1]
+    buf = np.empty(d)
+    idx = np.empty(d, dtype=np.int64)
+    seg_val = np.empty(d)
+    seg_len = np.empty(d, dtype=np.int64)
+    cand_val = np.empty(d)
+    cand_size = np.empty(d)
+    for r in range(lo, hi):
+        row = x[r]
+        aux[r, :] = NO_GRAD
+        m, vmax, has_nan = _compact_row(row, inv_gamma, buf, idx)
+        flag = _special_row(row, out[r], vmax, has_nan)
+        if flag != NORMAL:
+            if flag == NAN_ROW:
+                aux[r, :] = NAN_ROW
+            continue
+        out[r, :] = 0.0
+        nseg = _tv_prox_segments(buf, m, lam, seg_val, seg_len)
+        tau = _sparsemax_of_groups(seg_val, seg_len, nseg, cand_val, cand_size)
+        start = 0
+        for s in range(nseg):
+            v = seg_val[s] - tau
+            if v > 0.0:
+                for j in range(start, start + seg_len[s]):
+                    out[r, idx[j]] = v
+                    aux[r, idx[j]] = s
+            start += seg_len[s]
+
+
+@njit(cache=True)
+def _pool_adjacent_violators(v, n, block_sum, block_size):
+    """Best non-increasing fit of ``v[:n]`` in least squares, as blocks (sum, size)
+    from left to right. Returns the number of blocks."""
+    nb = 0
+    for i in range(n):
+        block_sum[nb] = v[i]
+        block_size[nb] = 1
+        nb += 1
+        # Merge while a block's mean exceeds the mean of the block before it.
+        while nb > 1 and (
+            block_sum[nb - 1] * block_size[nb - 2] > block_sum[nb - 2] * block_size[nb - 1]
+        ):
+            block_sum[nb - 2] += block_sum[nb - 1]
+            block_size[nb - 2] += block_size[nb - 1]
+            nb -= 1
+    return nb
+
+
+@njit(cache=True)
+def oscarmax_forward(x, out, aux, inv_gamma, lam, lo, hi):
+    d = x.shape[1]
+    buf = np.empty(d)
+    idx = np.empty(d, dtype=np.int64)
+    shifted = np.empty(d)
+    block_sum = np.empty(d)
+    block_size = np.empty(d)
+    cand_val = np.empty(d)
+    cand_size = np.empty(d)
+    for r in range(lo, hi):
+        row = x[r]
+        aux[r, :] = NO_GRAD
+        m, vmax, has_nan = _compact_row(row, inv_gamma, buf, idx)
+        flag = _special_row(row, out[r], vmax, has_nan)
+        if flag != NORMAL:
+            if flag == NAN_ROW:
+                aux[r, :] = NAN_ROW
+            continue
+        out[r, :] = 0.0
+        # Signed OWL prox: sort descending, subtract lam * (m - k) from the k-th
+        # largest (k = 1..m), fit a non-increasing sequence.
+        order = np.argsort(buf[:m])[::-1]
+        for k in range(m):
+            shifted[k] = buf[order[k]] - lam * (m - 1 - k)
+        nb = _pool_adjacent_violators(shifted, m, block_sum, block_size)
+        for b in range(nb):
+            block_sum[b] /= block_size[b]  # block means: the prox values
+        tau = _sparsemax_of_groups(block_sum, block_size, nb, cand_val, cand_size)
+        start = 0
+        for b in range(nb):
+            v = block_sum[b] - tau
+            if v <= 0.0:
+                break  # blocks are sorted: the rest is outside the support too
+            for k in range(start, start + int(block_size[b])):
+                out[r, idx[order[k]]] = v
+                aux[r, idx[order[k]]] = b
+            start += int(block_size[b])
+
+
+@njit(cache=True)
+def grouped_backward(y, aux, g, grad, inv_gamma, param, lo, hi):
+    """Backward of sparsemax composed with a prox whose Jacobian averages over
+    groups: the sparsemax VJP, then its mean over each group (DESIGN section 2)."""
+    d = y.shape[1]
+    group_sum = np.empty(d)
+    group_size = np.empty(d)
+    for r in range(lo, hi):
+        if d > 0 and aux[r, 0] == NAN_ROW:
+            grad[r, :] = np.nan
+            continue
+        for i in range(d):
+            gid = aux[r, i]
+            if gid >= 0:
+                group_sum[gid] = 0.0
+                group_size[gid] = 0.0
+        total = 0.0
+        size = 0
+        for i in range(d):
+            gid = aux[r, i]
+            if gid >= 0:
+                group_sum[gid] += g[r, i]
+                group_size[gid] += 1.0
+                total += g[r, i]
+                size += 1
+        mean = total / size if size > 0 else 0.0
+        for i in range(d):
+            gid = aux[r, i]
+            if gid >= 0:
+                grad[r, i] = (group_sum[gid] / group_size[gid] - mean) * inv_gamma
+            else:
+                grad[r, i] = 0.0
+
+
+# --------------------------------------------------------------------- sq-pnorm-max
+
+
+@njit(cache=True)
+def _pnorm_terms(vals, k, tau, q):
+    """For t_i = vals[i] - tau > 0 and u_i = t_i ** q: sum u_i, sum u_i t_i and
+    sum u_i / t_i."""
+    s_u = 0.0
+    s_ut = 0.0
+    s_udt = 0.0
+    for i in range(k):
+        t = vals[i] - tau
+        if t > 0.0:
+            u = t * t if q == 2.0 else t**q
+            s_u += u
+            s_ut += u * t
+            s_udt += u / t
+    return s_u, s_ut, s_udt
+
+
+@njit(cache=True)
+def _pnorm_threshold(vals, k, vmax, p):
+    """Root tau of ||u||_p^(p-2) * sum(u) = 1 with u_i = (vals_i - tau)_+^(1/(p-1)),
+    by Newton's method on the log of the left side, safeguarded by bisection on the
+    bracket [vmax - 1, vmax]."""
+    q = 1.0 / (p - 1.0)
+    lo = vmax - 1.0
+    hi = vmax
+    tau = lo
+    for _ in range(200):
+        s_u, s_ut, s_udt = _pnorm_terms(vals, k, tau, q)
+        # F(tau) = (p-2)/p * log(sum u^p) + log(sum u), decreasing in tau.
+        f = (p - 2.0) / p * math.log(s_ut) + math.log(s_u)
+        if f == 0.0:
+            return tau
+        if f > 0.0:
+            lo = tau
+        else:
+            hi = tau
+        slope = -((p - 2.0) / (p - 1.0)) * s_u / s_ut - q * s_udt / s_u
+        new_tau = tau - f / slope
+        if not (lo < new_tau < hi):
+            new_tau = 0.5 * (lo + hi)
+        if abs(new_tau - tau) <= 4e-16 * (abs(tau) + 1.0):
+            return new_tau
+        tau = new_tau
+    return tau
+
+
+@njit(cache=True)
+def sq_pnorm_max_forward(x, out, aux, inv_gamma, p, lo, hi):
+    d = x.shape[1]
+    vals = np.empty(d)
+    q = 1.0 / (p - 1.0)
+    for r in range(lo, hi):
+        row = x[r]
+        vmax, has_nan = _row_max(row)
+        aux[r, 0] = _special_row(row, out[r], vmax, has_nan)
+        if aux[r, 0] != NORMAL:
+            continue
+        vmax *= inv_gamma
+        k = 0
+        for i in range(d):
+            v = row[i] * inv_gamma
+            if v > vmax - 1.0:
+                vals[k] = v
+                k += 1
+        tau = _pnorm_threshold(vals, k, vmax, p)
+        s_u, s_ut, _ = _pnorm_terms(vals, k, tau, q)
+        scale = s_ut ** ((p - 2.0) / p)  # ||u||_p^(p-2)
+        total = 0.0
+        for i in range(d):
+            t = row[i] * inv_gamma - tau
+            if t > 0.0:
+                u = t * t if q == 2.0 else t**q
+                out[r, i] = scale * u
+                total += scale * u
+            else:
+                out[r, i] = 0.0
+        # Renormalise away the last rounding errors of the root.
+        for i in range(d):
+            out[r, i] /= total
+
+
+@njit(cache=True)
+def sq_pnorm_max_backward(y, aux, g, grad, inv_gamma, p, lo, hi):
+    """J g with J = H^-1 - H^-1 1 1^T H^-1 / (1^T H^-1 1) on the support, where
+    H = diag(a) + c w w^T is the Hessian of 1/2 ||y||_p^2 (DESIGN section 2),
+    inverted with Sherman-Morrison."""
+    d = y.shape[1]
+    for r in range(lo, hi):
+        if _backward_special(aux[r, 0], grad[r]):
+            continue
+        norm_p = 0.0
+        for i in range(d):
+            if y[r, i] > 0.0:
+                norm_p += y[r, i] ** p
+        norm_p = norm_p ** (1.0 / p)
+        c = (2.0 - p) * norm_p ** (2.0 - 2.0 * p)
+        scale = 1.0 / ((p - 1.0) * norm_p ** (2.0 - p))
+        # With w_i = y_i^(p-1): 1/a_i = scale * y_i^(2-p) and w_i / a_i = scale * y_i.
+        w_a_w = 0.0
+        w_a_g = 0.0
+        w_a_1 = 0.0
+        one_a_g = 0.0
+        one_a_1 = 0.0
+        for i in range(d):
+            yi = y[r, i]
+            if yi > 0.0:
+                inv_a = scale * yi ** (2.0 - p)
+                w_a = scale * yi
+                w_a_w += w_a * yi ** (p - 1.0)
+                w_a_g += w_a * g[r, i]
+                w_a_1 += w_a
+                one_a_g += inv_a * g[r, i]
+                one_a_1 += inv_a
+        denom = 1.0 + c * w_a_w
+        sum_q = one_a_g - c * w_a_1 * w_a_g / denom  # 1^T H^-1 g
+        sum_r = one_a_1 - c * w_a_1 * w_a_1 / denom  # 1^T H^-1 1
+        ratio = sum_q / sum_r
+        for i in range(d):
+            yi = y[r, i]
+            if yi > 0.0:
+                inv_a = scale * yi ** (2.0 - p)
+                w_a = scale * yi
+                q_i = inv_a * g[r, i] - c * w_a * w_a_g / denom
+                r_i = inv_a - c * w_a * w_a_1 / denom
+                grad[r, i] = (q_i - r_i * ratio) * inv_gamma
+            else:
+                grad[r, i] = 0.0
+
+
+# ------------------------------------------------------------------------- entmax15
+
+
+@njit(cache=True)
+def _entmax15_threshold(vals, k, vmax):
+    """Root tau of sum_i (vals_i - tau)_+^2 = 1 (Peters et al. 2019, alpha = 1.5).
+
+    Newton's method from tau = vmax - 1 approaches the root from below (the function
+    is convex and decreasing), so the support {vals > tau} always contains the true
+    one. Each step checks whether the current support gives the exact closed-form
+    root; that ends the search as soon as the support is right.
+    """
+    tau = vmax - 1.0
+    for _ in range(200):
+        size = 0
+        total = 0.0
+        outside_max = -np.inf
+        for i in range(k):
+            if vals[i] > tau:
+                size += 1
+                total += vals[i]
+            elif vals[i] > outside_max:
+                outside_max = vals[i]
+        mean = total / size
+        spread = 0.0
+        inside_min = np.inf
+        for i in range(k):
+            if vals[i] > tau:
+                spread += (vals[i] - mean) ** 2
+                inside_min = min(inside_min, vals[i])
+        if spread <= 1.0:
+            exact = mean - math.sqrt((1.0 - spread) / size)
+            if inside_min > exact >= outside_max:
+                return exact
+        f = spread + size * (mean - tau) ** 2 - 1.0  # sum (vals - tau)_+^2 - 1
+        new_tau = tau + f / (2.0 * size * (mean - tau))
+        if new_tau <= tau:
+            return tau
+        tau = new_tau
+    return tau
+
+
+@njit(cache=True)
+def entmax15_forward(x, out, aux, inv_gamma, param, lo, hi):
+    d = x.shape[1]
+    vals = np.empty(d)
+    half = 0.5 * inv_gamma  # entmax15(x) thresholds x / 2
+    for r in range(lo, hi):
+        row = x[r]
+        vmax, has_nan = _row_max(row)
+        aux[r, 0] = _special_row(row, out[r], vmax, has_nan)
+        if aux[r, 0] != NORMAL:
+            continue
+        vmax *= half
+        k = 0
+        for i in range(d):
+            v = row[i] * half
+            if v > vmax - 1.0:
+                vals[k] = v
+                k += 1
+        tau = _entmax15_threshold(vals, k, vmax)
+        for i in range(d):
+            t = row[i] * half - tau
+            out[r, i] = t * t if t > 0.0 else 0.0
+
+
+@njit(cache=True)
+def entmax15_backward(y, aux, g, grad, inv_gamma, param, lo, hi):
+    d = y.shape[1]
+    for r in range(lo, hi):
+        if _backward_special(aux[r, 0], grad[r]):
+            continue
+        s_g = 0.0
+        s_sum = 0.0
+        for i in range(d):
+            if y[r, i] > 0.0:
+                s = math.sqrt(y[r, i])
+                s_g += s * g[r, i]
+                s_sum += s
+        ratio = s_g / s_sum
+        for i in range(d):
+            if y[r, i] > 0.0:
+                s = math.sqrt(y[r, i])
+                grad[r, i] = s * (g[r, i] - ratio) * inv_gamma
+            else:
+                grad[r, i] = 0.0
+
+
+# ------------------------------------------------------------------------- dispatch
+
+FORWARD = {
+    SPARSEMAX: sparsemax_forward,
+    FUSEDMAX: fusedmax_forward,
+    OSCARMAX: oscarmax_forward,
+    SQ_PNORM_MAX: sq_pnorm_max_forward,
+    ENTMAX15: entmax15_forward,
+}
+BACKWARD = {
+    SPARSEMAX: sparsemax_backward,
+    FUSEDMAX: grouped_backward,
+    OSCARMAX: grouped_backward,
+    SQ_PNORM_MAX: sq_pnorm_max_backward,
+    ENTMAX15: entmax15_backward,
+}
+
+
+# numba cannot cache a parallel function that takes a kernel as an argument, so the
+# parallel drivers select the kernel by its number.
+@njit(cache=True, parallel=True)
+def forward_parallel(kind, x, out, aux, inv_gamma, param):
+    n = x.shape[0]
+    chunks = min(numba.get_num_threads(), n)
+    for c in prange(chunks):
+        lo = c * n // chunks
+        hi = (c + 1) * n // chunks
+        if kind == SPARSEMAX:
+            sparsemax_forward(x, out, aux, inv_gamma, param, lo, hi)
+        elif kind == FUSEDMAX:
+            fusedmax_forward(x, out, aux, inv_gamma, param, lo, hi)
+        elif kind == OSCARMAX:
+            oscarmax_forward(x, out, aux, inv_gamma, param, lo, hi)
+        elif kind == SQ_PNORM_MAX:
+            sq_pnorm_max_forward(x, out, aux, inv_gamma, param, lo, hi)
+        else:
+            entmax15_forward(x, out, aux, inv_gamma, param, lo, hi)
+
+
+@njit(cache=True, parallel=True)
+def backward_parallel(kind, y, aux, g, grad, inv_gamma, param):
+    n = y.shape[0]
+    chunks = min(numba.get_num_threads(), n)
+    for c in prange(chunks):
+        lo = c * n // chunks
+        hi = (c + 1) * n // chunks
+        if kind == SPARSEMAX:
+            sparsemax_backward(y, aux, g, grad, inv_gamma, param, lo, hi)
+        elif kind in STRUCTURED:
+            grouped_backward(y, aux, g, grad, inv_gamma, param, lo, hi)
+        elif kind == SQ_PNORM_MAX:
+            sq_pnorm_max_backward(y, aux, g, grad, inv_gamma, param, lo, hi)
+        else:
+            entmax15_backward(y, aux, g, grad, inv_gamma, param, lo, hi)

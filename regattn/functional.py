@@ -1,0 +1,233 @@
+"""The regularized attention mappings, functional API.
+
+Each mapping sends scores to probability distributions along ``dim``:
+
+    y = argmax_{y in simplex} <y, x> - gamma * Omega(y)
+
+(Niculae & Blondel, 2017). ``mask`` is a bool tensor broadcastable to the scores,
+True where a position takes part; masked positions and ``-inf`` scores get exactly
+0, receive no gradient and do not influence the others. Half-precision inputs are
+computed in float32 and returned in their own dtype. CPU tensors run compiled
+kernels (``regattn._cpu``); tensors on other devices are computed on the CPU and
+copied back (softmax runs natively everywhere).
+"""
+
+import math
+import numbers
+
+import numba
+import torch
+from torch.autograd.function import once_differentiable
+
+from . import _cpu
+
+_HALF_TYPES = (torch.float16, torch.bfloat16)
+# Below this many scores one thread is faster than starting the parallel region.
+_PARALLEL_MIN_NUMEL = 32768
+
+
+# ----------------------------------------------------------------------- validation
+
+
+def _check_number(name, value, allowed, ok):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not ok(float(value)):
+        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+    return float(value)
+
+
+def check_gamma(gamma):
+    return _check_number("gamma", gamma, "a finite number > 0", lambda v: 0 < v < math.inf)
+
+
+def check_lam(lam):
+    return _check_number("lam", lam, "a finite number >= 0", lambda v: 0 <= v < math.inf)
+
+
+def check_p(p):
+    return _check_number("p", p, "a number in (1, 2]", lambda v: 1 < v <= 2)
+
+
+PARAM_CHECKS = {"gamma": check_gamma, "lam": check_lam, "p": check_p}
+
+
+def _check_scores(scores, dim):
+    if not isinstance(scores, torch.Tensor):
+        raise TypeError(f"scores must be a torch.Tensor, got {type(scores).__name__}")
+    if not scores.is_floating_point():
+        raise TypeError(
+            "scores must be a floating-point tensor (float16, bfloat16, float32 or "
+            f"float64), got {scores.dtype}"
+        )
+    if scores.dim() == 0:
+        raise ValueError("scores must have at least one dimension, got a 0-d tensor")
+    if isinstance(dim, bool) or not isinstance(dim, int) or not -scores.dim() <= dim < scores.dim():
+        raise ValueError(
+            f"dim must be an integer in [{-scores.dim()}, {scores.dim() - 1}] for scores "
+            f"of shape {tuple(scores.shape)}, got {dim!r}"
+        )
+    return dim % scores.dim()
+
+
+def _check_mask(mask, scores):
+    if mask is None:
+        return None
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+        kind = mask.dtype if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise TypeError(f"mask must be a bool tensor (True = take part), got {kind}")
+    try:
+        broadcast = torch.broadcast_shapes(mask.shape, scores.shape)
+    except RuntimeError:
+        broadcast = None
+    if broadcast != scores.shape:
+        raise ValueError(
+            f"mask of shape {tuple(mask.shape)} does not broadcast to scores of shape "
+            f"{tuple(scores.shape)}"
+        )
+    return mask.to(scores.device).expand(scores.shape)
+
+
+# --------------------------------------------------------------------------- layout
+
+
+def _compute_dtype(dtype):
+    return torch.float32 if dtype in _HALF_TYPES else dtype
+
+
+def _to_rows(tensor, dim, mask=None):
+    """``tensor`` as a C-contiguous CPU (rows, d) tensor with ``dim`` last; masked
+    positions become -inf."""
+    moved = tensor.movedim(dim, -1)
+    if mask is not None:
+        moved = moved.masked_fill(~mask.movedim(dim, -1), -math.inf)
+    d = moved.shape[-1]
+    rows = moved.reshape(math.prod(moved.shape[:-1]), d)
+    return rows.to(device="cpu", dtype=_compute_dtype(tensor.dtype)).contiguous()
+
+
+def _from_rows(rows, like, dim):
+    moved_shape = like.movedim(dim, -1).shape
+    return rows.reshape(moved_shape).movedim(-1, dim).to(device=like.device, dtype=like.dtype)
+
+
+def _threads(rows):
+    if rows.numel() < _PARALLEL_MIN_NUMEL:
+        return 1
+    threads = min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS, rows.shape[0])
+    if threads > 1 and numba.get_num_threads() != threads:
+        numba.set_num_threads(threads)
+    return threads
+
+
+# ------------------------------------------------------------- compiled-kernel maps
+
+
+class _CompiledMapping(torch.autograd.Function):
+    """Runs a forward kernel of ``regattn._cpu`` and its backward kernel."""
+
+    @staticmethod
+    def forward(ctx, scores, dim, mask, kind, gamma, param):
+        rows = _to_rows(scores, dim, mask)
+        out = torch.empty_like(rows)
+        aux_width = rows.shape[1] if kind in _cpu.STRUCTURED else 1
+        aux = torch.empty((rows.shape[0], aux_width), dtype=torch.int32)
+        args = (rows.numpy(), out.numpy(), aux.numpy(), 1.0 / gamma, param)
+        if _threads(rows) > 1:
+            _cpu.forward_parallel(kind, *args)
+        else:
+            _cpu.FORWARD[kind](*args, 0, rows.shape[0])
+        ctx.save_for_backward(out, aux)
+        ctx.dim, ctx.kind, ctx.gamma, ctx.param = dim, kind, gamma, param
+        return _from_rows(out, scores, dim)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output):
+        y, aux = ctx.saved_tensors
+        g = _to_rows(grad_output, ctx.dim).to(y.dtype)
+        grad = torch.empty_like(y)
+        args = (y.numpy(), aux.numpy(), g.numpy(), grad.numpy(), 1.0 / ctx.gamma, ctx.param)
+        if _threads(y) > 1:
+            _cpu.backward_parallel(ctx.kind, *args)
+        else:
+            _cpu.BACKWARD[ctx.kind](*args, 0, y.shape[0])
+        return _from_rows(grad, grad_output, ctx.dim), None, None, None, None, None
+
+
+def _compiled(scores, dim, mask, gamma, kind, param=0.0):
+    dim = _check_scores(scores, dim)
+    gamma = check_gamma(gamma)
+    mask = _check_mask(mask, scores)
+    return _CompiledMapping.apply(scores, dim, mask, kind, gamma, param)
+
+
+# ------------------------------------------------------------------------- mappings
+
+
+def softmax(scores, dim=-1, gamma=1.0, mask=None):
+    """softmax(scores / gamma): Omega is the negative entropy.
+
+    Unlike ``torch.softmax``, a fully masked row gives zeros (not NaN) and ``+inf``
+    scores share the mass uniformly.
+    """
+    dim = _check_scores(scores, dim)
+    gamma = check_gamma(gamma)
+    mask = _check_mask(mask, scores)
+    dtype = _compute_dtype(scores.dtype)
+    z = scores.to(dtype)
+    valid = z != -math.inf
+    if mask is not None:
+        valid = valid & mask
+    if gamma != 1.0:
+        z = z / gamma
+    finfo = torch.finfo(dtype)
+    # Finite stand-ins keep torch.softmax free of inf - inf; multiplying by `valid`
+    # zeroes fully masked rows and blocks their gradient.
+    z = z.clamp(max=finfo.max).masked_fill(~valid, finfo.min)
+    return (torch.softmax(z, dim) * valid).to(scores.dtype)
+
+
+def sparsemax(scores, dim=-1, gamma=1.0, mask=None):
+    """Euclidean projection of scores / gamma onto the simplex (Martins & Astudillo,
+    2016): Omega(y) = 1/2 ||y||^2."""
+    return _compiled(scores, dim, mask, gamma, _cpu.SPARSEMAX)
+
+
+def fusedmax(scores, dim=-1, gamma=1.0, lam=0.1, mask=None):
+    """Sparsemax with a total-variation penalty, lam * sum_i |y_{i+1} - y_i|: it
+    gives equal weight to contiguous runs of positions (fused groups).
+
+    Computed exactly as sparsemax(prox_TV(scores / gamma)). With a mask, the kept
+    positions are treated as adjacent.
+    """
+    lam = check_lam(lam)
+    if lam == 0.0:
+        return sparsemax(scores, dim, gamma, mask)
+    return _compiled(scores, dim, mask, gamma, _cpu.FUSEDMAX, lam)
+
+
+def oscarmax(scores, dim=-1, gamma=1.0, lam=0.01, mask=None):
+    """Sparsemax with the OSCAR penalty, lam * sum_{i<j} max(|y_i|, |y_j|): it gives
+    equal weight to groups of positions that need not be contiguous.
+
+    Computed exactly as sparsemax of the signed OWL prox of scores / gamma (the
+    paper's definition; shift invariant). The penalty has O(d^2) pairs, so a fixed
+    lam fuses more as the number of positions grows.
+    """
+    lam = check_lam(lam)
+    if lam == 0.0:
+        return sparsemax(scores, dim, gamma, mask)
+    return _compiled(scores, dim, mask, gamma, _cpu.OSCARMAX, lam)
+
+
+def sq_pnorm_max(scores, dim=-1, gamma=1.0, p=1.5, mask=None):
+    """Omega(y) = 1/2 ||y||_p^2 with p in (1, 2]; p = 2 is sparsemax."""
+    p = check_p(p)
+    if p == 2.0:
+        return sparsemax(scores, dim, gamma, mask)
+    return _compiled(scores, dim, mask, gamma, _cpu.SQ_PNORM_MAX, p)
+
+
+def entmax15(scores, dim=-1, gamma=1.0, mask=None):
+    """1.5-entmax of scores / gamma (Peters et al., 2019): Omega is the Tsallis
+    1.5-entropy. Sparse like sparsemax, smoother like softmax."""
+    return _compiled(scores, dim, mask, gamma, _cpu.ENTMAX15)
