@@ -23,7 +23,6 @@ Conventions shared by all kernels:
 
 import math
 
-import numba
 import numpy as np
 from numba import njit, prange
 
@@ -654,12 +653,12 @@ BACKWARD = {
 }
 
 
-# numba cannot cache a parallel function that takes a kernel as an argument, so the
-# parallel drivers select the kernel by its number.
+# numba cannot cache a parallel function that takes a kernel as an argument (or calls
+# numba.get_num_threads), so the parallel drivers select the kernel by its number and
+# take the number of chunks, one per thread.
 @njit(cache=True, parallel=True)
-def forward_parallel(kind, x, out, aux, inv_gamma, param):
+def forward_parallel(kind, chunks, x, out, aux, inv_gamma, param):
     n = x.shape[0]
-    chunks = min(numba.get_num_threads(), n)
     for c in prange(chunks):
         lo = c * n // chunks
         hi = (c + 1) * n // chunks
@@ -676,9 +675,8 @@ def forward_parallel(kind, x, out, aux, inv_gamma, param):
 
 
 @njit(cache=True, parallel=True)
-def backward_parallel(kind, y, aux, g, grad, inv_gamma, param):
+def backward_parallel(kind, chunks, y, aux, g, grad, inv_gamma, param):
     n = y.shape[0]
-    chunks = min(numba.get_num_threads(), n)
     for c in prange(chunks):
         lo = c * n // chunks
         hi = (c + 1) * n // chunks

@@ -112,10 +112,7 @@ def _from_rows(rows, like, dim):
 def _threads(rows):
     if rows.numel() < _PARALLEL_MIN_NUMEL:
         return 1
-    threads = min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS, rows.shape[0])
-    if threads > 1 and numba.get_num_threads() != threads:
-        numba.set_num_threads(threads)
-    return threads
+    return min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS, rows.shape[0])
 
 
 # ------------------------------------------------------------- compiled-kernel maps
@@ -131,8 +128,9 @@ class _CompiledMapping(torch.autograd.Function):
         aux_width = rows.shape[1] if kind in _cpu.STRUCTURED else 1
         aux = torch.empty((rows.shape[0], aux_width), dtype=torch.int32)
         args = (rows.numpy(), out.numpy(), aux.numpy(), 1.0 / gamma, param)
-        if _threads(rows) > 1:
-            _cpu.forward_parallel(kind, *args)
+        threads = _threads(rows)
+        if threads > 1:
+            _cpu.forward_parallel(kind, threads, *args)
         else:
             _cpu.FORWARD[kind](*args, 0, rows.shape[0])
         ctx.save_for_backward(out, aux)
@@ -146,8 +144,9 @@ class _CompiledMapping(torch.autograd.Function):
         g = _to_rows(grad_output, ctx.dim).to(y.dtype)
         grad = torch.empty_like(y)
         args = (y.numpy(), aux.numpy(), g.numpy(), grad.numpy(), 1.0 / ctx.gamma, ctx.param)
-        if _threads(y) > 1:
-            _cpu.backward_parallel(ctx.kind, *args)
+        threads = _threads(y)
+        if threads > 1:
+            _cpu.backward_parallel(ctx.kind, threads, *args)
         else:
             _cpu.BACKWARD[ctx.kind](*args, 0, y.shape[0])
         return _from_rows(grad, grad_output, ctx.dim), None, None, None, None, None
