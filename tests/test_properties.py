@@ -8,14 +8,16 @@ import torch
 from conftest import case_params
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from hypothesis.extra.numpy import arrays
 
 import regattn
 
 PERMUTATION_EQUIVARIANT = ["softmax", "sparsemax", "oscarmax", "sq_pnorm_max", "entmax15"]
 
 
-def rows(max_rows=6, max_width=24, scale=st.sampled_from([1e-3, 1.0, 10.0, 1e4])):
+MAGNITUDES = st.sampled_from([1e-3, 1.0, 10.0, 1e4])
+
+
+def rows(max_rows=6, max_width=24, scale=MAGNITUDES):
     """Random score matrices with a mask; the magnitudes span several decades."""
     return st.tuples(
         st.integers(1, max_rows), st.integers(1, max_width), scale, st.integers(0, 2**31 - 1)

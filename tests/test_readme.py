@@ -16,7 +16,7 @@ def test_readme_python_blocks_run_and_print_what_the_comments_say():
         with contextlib.redirect_stdout(printed):
             exec(compile(block, str(README), "exec"), {})
         # Lines like `print(...)  # expected` and `# expected` after a print.
-        expected = re.findall(r"print\(.*\)\s+# (.+)", block)
+        expected = re.findall(r"print\(.*\)[ \t]+# (.+)", block)
         expected += re.findall(r"^# (\[.*\])$", block, flags=re.M)
         output = printed.getvalue()
         for text in expected:
