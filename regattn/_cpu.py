@@ -302,23 +302,23 @@ def fusedmax_forward(x, out, aux, inv_gamma, lam, lo, hi):
     cand_size = np.empty(d)
     for r in range(lo, hi):
         row = x[r]
-        aux[r, :] = NO_GRAD
         m, vmax, has_nan = _compact_row(row, inv_gamma, buf, idx)
         flag = _special_row(row, out[r], vmax, has_nan)
         if flag != NORMAL:
-            if flag == NAN_ROW:
-                aux[r, :] = NAN_ROW
+            aux[r, :] = flag  # NO_GRAD or NAN_ROW
             continue
-        out[r, :] = 0.0
+        if m < d:  # masked positions are not written below
+            out[r, :] = 0.0
+            aux[r, :] = NO_GRAD
         nseg = _tv_prox_segments(buf, m, lam, seg_val, seg_len)
         tau = _sparsemax_of_groups(seg_val, seg_len, nseg, cand_val, cand_size)
         start = 0
         for s in range(nseg):
             v = seg_val[s] - tau
-            if v > 0.0:
-                for j in range(start, start + seg_len[s]):
-                    out[r, idx[j]] = v
-                    aux[r, idx[j]] = s
+            in_support = v > 0.0
+            for j in range(start, start + seg_len[s]):
+                out[r, idx[j]] = v if in_support else 0.0
+                aux[r, idx[j]] = s if in_support else NO_GRAD
             start += seg_len[s]
 
 
@@ -341,12 +341,81 @@ def _pool_adjacent_violators(v, n, block_sum, block_size):
     return nb
 
 
+_INSERTION_SORT_MAX = 24
+_TWO_PASS_RADIX_MAX = 256
+
+
+@njit(cache=True)
+def _insertion_sort_desc(vals, order, start, m):
+    """Sort ``order[:m]`` so that ``vals[order]`` is non-increasing; the first
+    ``start`` entries are already in place. Linear on nearly sorted input."""
+    for i in range(max(start, 1), m):
+        j = order[i]
+        v = vals[j]
+        k = i - 1
+        while k >= 0 and vals[order[k]] < v:
+            order[k + 1] = order[k]
+            k -= 1
+        order[k + 1] = j
+
+
+@njit(cache=True)
+def _argsort_desc(vals, m, order, keys, spare, counts):
+    """Indices that sort ``vals[:m]`` in non-increasing order, written to ``order``.
+
+    Short rows use insertion sort. Longer ones use an LSD radix sort (8-bit digits)
+    on the top 32 bits of an order-preserving integer image of each value,
+    with the index in the low bits; values that share their top 32 bits are then
+    put in exact order by a final insertion pass, which is linear when few are out
+    of place. No allocation: all buffers come from the caller.
+    """
+    if m <= _INSERTION_SORT_MAX:
+        for i in range(m):
+            order[i] = i
+        _insertion_sort_desc(vals, order, 0, m)
+        return
+    counts[:, :] = 0
+    for i in range(m):
+        bits = np.float64(vals[i]).view(np.int64)
+        # Negative floats order backwards: flip all but the sign bit. Then negate so
+        # that an ascending sort yields the values in descending order.
+        bits = bits ^ ((bits >> 63) & np.int64(0x7FFFFFFFFFFFFFFF))
+        digits = ~(bits >> 32) ^ np.int64(0x80000000)  # 32 bits, ascending = descending
+        digits &= np.int64(0xFFFFFFFF)
+        keys[i] = (digits << 32) | i
+        for p in range(4):
+            counts[p, (digits >> (8 * p)) & 255] += 1
+    source = keys
+    target = spare
+    # Mid-sized rows sort on the top 16 bits only (sign, exponent, 4 mantissa bits):
+    # half the passes, and the insertion pass fixes the few ties.
+    for p in range(2 if m <= _TWO_PASS_RADIX_MAX else 0, 4):
+        total = 0
+        for b in range(256):
+            c = counts[p, b]
+            counts[p, b] = total
+            total += c
+        shift = 32 + 8 * p
+        for i in range(m):
+            b = (source[i] >> shift) & 255
+            target[counts[p, b]] = source[i]
+            counts[p, b] += 1
+        source, target = target, source
+    for i in range(m):
+        order[i] = source[i] & np.int64(0xFFFFFFFF)
+    _insertion_sort_desc(vals, order, 1, m)
+
+
 @njit(cache=True)
 def oscarmax_forward(x, out, aux, inv_gamma, lam, lo, hi):
     d = x.shape[1]
     buf = np.empty(d)
     idx = np.empty(d, dtype=np.int64)
     shifted = np.empty(d)
+    order = np.empty(d, dtype=np.int64)
+    keys = np.empty(d, dtype=np.int64)
+    spare = np.empty(d, dtype=np.int64)
+    counts = np.empty((4, 256), dtype=np.int64)
     block_sum = np.empty(d)
     block_size = np.empty(d)
     cand_val = np.empty(d)
@@ -363,7 +432,7 @@ def oscarmax_forward(x, out, aux, inv_gamma, lam, lo, hi):
         out[r, :] = 0.0
         # Signed OWL prox: sort descending, subtract lam * (m - k) from the k-th
         # largest (k = 1..m), fit a non-increasing sequence.
-        order = np.argsort(buf[:m])[::-1]
+        _argsort_desc(buf, m, order, keys, spare, counts)
         for k in range(m):
             shifted[k] = buf[order[k]] - lam * (m - 1 - k)
         nb = _pool_adjacent_violators(shifted, m, block_sum, block_size)

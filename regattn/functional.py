@@ -162,6 +162,27 @@ def _compiled(scores, dim, mask, gamma, kind, param=0.0):
 # ------------------------------------------------------------------------- mappings
 
 
+class _SafeSoftmax(torch.autograd.Function):
+    """softmax of scores in which -inf marks masked positions: rows with no finite
+    maximum (all masked) give zeros instead of NaN, and +inf scores share the mass."""
+
+    @staticmethod
+    def forward(ctx, z, dim):
+        finite = z.clamp(max=torch.finfo(z.dtype).max)
+        y = torch.softmax(finite, dim)
+        y = y.masked_fill(finite.amax(dim, keepdim=True) == -math.inf, 0.0)
+        ctx.save_for_backward(y)
+        ctx.dim = dim
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output):
+        (y,) = ctx.saved_tensors
+        gy = grad_output * y
+        return gy - y * gy.sum(ctx.dim, keepdim=True), None
+
+
 def softmax(scores, dim=-1, gamma=1.0, mask=None):
     """softmax(scores / gamma): Omega is the negative entropy.
 
@@ -171,18 +192,14 @@ def softmax(scores, dim=-1, gamma=1.0, mask=None):
     dim = _check_scores(scores, dim)
     gamma = check_gamma(gamma)
     mask = _check_mask(mask, scores)
-    dtype = _compute_dtype(scores.dtype)
-    z = scores.to(dtype)
-    valid = z != -math.inf
-    if mask is not None:
-        valid = valid & mask
+    z = scores.to(_compute_dtype(scores.dtype))
     if gamma != 1.0:
         z = z / gamma
-    finfo = torch.finfo(dtype)
-    # Finite stand-ins keep torch.softmax free of inf - inf; multiplying by `valid`
-    # zeroes fully masked rows and blocks their gradient.
-    z = z.clamp(max=finfo.max).masked_fill(~valid, finfo.min)
-    return (torch.softmax(z, dim) * valid).to(scores.dtype)
+    if mask is None and bool(torch.isfinite(z).all()):
+        return torch.softmax(z, dim).to(scores.dtype)  # the common case, at full speed
+    if mask is not None:
+        z = z.masked_fill(~mask, -math.inf)
+    return _SafeSoftmax.apply(z, dim).to(scores.dtype)
 
 
 def sparsemax(scores, dim=-1, gamma=1.0, mask=None):
