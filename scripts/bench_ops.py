@@ -1,0 +1,344 @@
+"""Benchmark the regattn mappings against torch.softmax on the CPU.
+
+For each shape (rows x d, float32, randn scores with seed 0) and each implementation
+(torch.softmax as the baseline, every mapping in ``regattn.MAPPINGS``, and
+``entmax.sparsemax`` as an outside reference) this measures the forward time and the
+forward+backward time per call, and reports both as ratios to torch.softmax measured
+in the same run (DESIGN.md section 7).
+
+Timing protocol, made for a noisy shared machine:
+* warm-up calls first, so numba compilation / cache loading is never timed;
+* each timed block is a loop of N calls, N chosen so a block lasts about --block-ms;
+* blocks run round-robin over all implementations of a shape, so load drift hits the
+  baseline and the mappings alike; a time is the median over --blocks, a ratio the
+  median over rounds of (block time / torch.softmax block time of the same round).
+
+    python scripts/bench_ops.py --threads 1      # writes results/bench/ops_threads1.{json,md}
+    python scripts/bench_ops.py --quick --out /tmp/b   # smoke run, writes *_quick.*
+"""
+
+import argparse
+import datetime
+import gc
+import importlib.metadata
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import entmax
+import numba
+import numpy
+import torch
+
+import regattn
+
+REPO = Path(__file__).resolve().parents[1]
+SHAPES = [(1024, 16), (1024, 64), (256, 256), (64, 1024), (16, 4096)]
+QUICK_SHAPES = [(1024, 16), (64, 1024)]
+# Parameters of the parametrized mappings: the values DESIGN.md section 7 uses.
+PARAMS = {"fusedmax": {"lam": 0.1}, "oscarmax": {"lam": 0.01}, "sq_pnorm_max": {"p": 1.5}}
+BASELINE = "torch.softmax"
+MODES = ("fwd", "fwdbwd")
+
+
+def implementations():
+    """name -> (label for the tables, function of (scores) along the last dim)."""
+    impls = {BASELINE: (BASELINE, lambda x: torch.softmax(x, -1))}
+    for name in regattn.MAPPINGS:
+        params = PARAMS.get(name, {})
+        label = f"regattn.{name}"
+        if params:
+            label += " (" + ", ".join(f"{k}={v}" for k, v in params.items()) + ")"
+        impls[f"regattn.{name}"] = (label, regattn.get_mapping(name, **params))
+    # k=None is entmax's full-sort sparsemax, the reference row of DESIGN.md section 7.
+    impls["entmax.sparsemax"] = (
+        f"entmax {importlib.metadata.version('entmax')} sparsemax, full sort",
+        lambda x: entmax.sparsemax(x, dim=-1, k=None),
+    )
+    return impls
+
+
+def make_call(function, mode, scores, grad_out):
+    """A no-argument function doing one forward (or forward+backward) call."""
+    if mode == "fwd":
+        return lambda: function(scores)
+    x = scores.clone().requires_grad_(True)
+
+    def forward_backward():
+        # autograd.grad is y.backward(grad_out) without accumulating into x.grad,
+        # so every call does the same work.
+        torch.autograd.grad(function(x), x, grad_out)
+
+    return forward_backward
+
+
+def time_loop(call, n):
+    """Seconds taken by n calls; gc is off so a collection does not land in one block."""
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        start = time.perf_counter()
+        for _ in range(n):
+            call()
+        return time.perf_counter() - start
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+
+
+def calls_per_block(call, block_s):
+    """Warm up, then pick N so that N calls last about block_s."""
+    for _ in range(3):  # the first call may load numba's cache or allocate buffers
+        call()
+    n = 1
+    while time_loop(call, n) < 0.2 * block_s:
+        n *= 2
+    # Best of three: a load burst during calibration would otherwise shrink N for good.
+    elapsed = min(time_loop(call, n) for _ in range(3))
+    return max(1, round(n * block_s / elapsed))
+
+
+def bench_shape(shape, impls, blocks, block_s):
+    """Per-call times (ms) and ratios to the baseline for every implementation and
+    mode of one shape."""
+    scores = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    grad_out = torch.randn(shape, generator=torch.Generator().manual_seed(1))
+    cases = {}
+    for name, (_, function) in impls.items():
+        for mode in MODES:
+            call = make_call(function, mode, scores, grad_out)
+            cases[name, mode] = (call, calls_per_block(call, block_s))
+    per_call_ms = {key: [] for key in cases}
+    keys = list(cases)
+    for block in range(blocks):
+        # Rotate the order each block so no implementation always runs first (or
+        # always right after the same neighbour).
+        shift = block % len(keys)
+        for key in keys[shift:] + keys[:shift]:
+            call, n = cases[key]
+            per_call_ms[key].append(1e3 * time_loop(call, n) / n)
+    results = {}
+    for name in impls:
+        entry = {}
+        for mode in MODES:
+            blocks_ms = per_call_ms[name, mode]
+            baseline_ms = per_call_ms[BASELINE, mode]
+            entry[f"{mode}_ms"] = statistics.median(blocks_ms)
+            entry[f"{mode}_ms_min"] = min(blocks_ms)
+            # The ratio pairs each block with the baseline block of the same round and
+            # takes the median of those ratios: slow load drift cancels within a round,
+            # which makes it steadier from run to run than a ratio of two medians.
+            entry[f"{mode}_ratio"] = statistics.median(
+                t / base for t, base in zip(blocks_ms, baseline_ms, strict=True)
+            )
+            entry[f"{mode}_ms_blocks"] = [round(t, 6) for t in blocks_ms]
+            entry[f"{mode}_calls_per_block"] = cases[name, mode][1]
+        results[name] = entry
+    return results
+
+
+# ------------------------------------------------------------------ run description
+
+
+def git_state():
+    def git(*args):
+        out = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True)
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    # Benchmark outputs under results/ do not make the measured code dirty.
+    changed = git("status", "--porcelain", "--", ".", ":!results")
+    return {
+        "commit": git("rev-parse", "HEAD"),
+        "dirty": bool(changed) if changed is not None else None,
+        "changed_paths": changed.splitlines() if changed else [],
+    }
+
+
+def cpu_model():
+    # platform.processor() is often empty on Linux; /proc/cpuinfo names the CPU.
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+def machine_info():
+    affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or None,
+        "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": len(affinity) if affinity is not None else None,
+        "python": platform.python_version(),
+        "versions": {
+            "torch": torch.__version__,
+            "numba": numba.__version__,
+            "numpy": numpy.__version__,
+            "entmax": importlib.metadata.version("entmax"),
+            "regattn": importlib.metadata.version("regattn"),
+        },
+    }
+
+
+# ------------------------------------------------------------------------- output
+
+
+def shape_name(shape):
+    return f"{shape[0]}x{shape[1]}"
+
+
+def fmt_ratio(ratio):
+    # About three significant digits; more would only show noise.
+    if ratio < 10:
+        return f"{ratio:.2f}×"
+    if ratio < 100:
+        return f"{ratio:.1f}×"
+    return f"{ratio:.0f}×"
+
+
+def markdown(report, impls):
+    shapes = [r["shape"] for r in report["results"]]
+    header = "| implementation | " + " | ".join(s.replace("x", "×") for s in shapes) + " |"
+    rule = "|---|" + "---:|" * len(shapes)
+
+    def table(mode, title):
+        lines = [f"**{title}**", "", header, rule]
+        baseline = [r["implementations"][BASELINE][f"{mode}_ms"] for r in report["results"]]
+        lines.append(
+            f"| {BASELINE} {mode.replace('fwdbwd', 'fwd+bwd')} (ms) | "
+            + " | ".join(f"{ms:.4f}" for ms in baseline)
+            + " |"
+        )
+        for name, (label, _) in impls.items():
+            if name == BASELINE:
+                continue
+            cells = [
+                fmt_ratio(r["implementations"][name][f"{mode}_ratio"]) for r in report["results"]
+            ]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        return lines
+
+    git = report["git"]
+    commit = (git["commit"] or "unknown")[:12] + (" (dirty)" if git["dirty"] else "")
+    cpu = report["machine"]["cpu_model"] or report["machine"]["processor"] or "unknown CPU"
+    lines = [
+        f"# regattn op benchmark, {report['threads']} thread(s)",
+        "",
+        f"{report['date']}, commit {commit}, {cpu} ({report['machine']['cpu_count']} CPUs), "
+        f"torch {report['machine']['versions']['torch']}, "
+        f"numba {report['machine']['versions']['numba']}.",
+        f"float32, randn scores (seed 0); median of {report['settings']['blocks']} blocks of "
+        f"~{report['settings']['block_ms']:g} ms each, run round-robin over the implementations; "
+        f"ratio = median over rounds of (block time / {BASELINE} block time of the same "
+        f"round). Command: `{report['command']}`",
+        "",
+        *table("fwdbwd", "Forward+backward, ratio to torch.softmax forward+backward"),
+        "",
+        *table("fwd", "Forward, ratio to torch.softmax forward"),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_atomic(path, text):
+    """Write via a temp file in the same directory, so a reader never sees half a file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; the outputs are meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def parse_shapes(text):
+    return [tuple(int(v) for v in item.split("x")) for item in text.split(",")]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
+    parser.add_argument("--blocks", type=int, default=None, help="timed blocks per case (21)")
+    parser.add_argument("--block-ms", type=float, default=None, help="length of a block in ms (20)")
+    parser.add_argument("--shapes", type=parse_shapes, default=None, help="e.g. 1024x16,64x1024")
+    parser.add_argument(
+        "--out", type=Path, default=REPO / "results" / "bench", help="output directory"
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: 2 shapes, 3 short blocks; writes ops_threads{N}_quick.* so the "
+        "real outputs stay untouched",
+    )
+    args = parser.parse_args()
+    if args.threads < 1:
+        parser.error("--threads must be >= 1")
+    blocks = args.blocks or (3 if args.quick else 21)
+    block_ms = args.block_ms or (5.0 if args.quick else 20.0)
+    shapes = args.shapes or (QUICK_SHAPES if args.quick else SHAPES)
+
+    # regattn's kernels follow torch.get_num_threads().
+    torch.set_num_threads(args.threads)
+    impls = implementations()
+    started = time.perf_counter()
+    report = {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "command": shlex.join(["python", *sys.argv]),
+        "threads": torch.get_num_threads(),
+        "numba_num_threads": numba.config.NUMBA_NUM_THREADS,
+        "machine": machine_info(),
+        "git": git_state(),
+        "settings": {
+            "quick": args.quick,
+            "blocks": blocks,
+            "block_ms": block_ms,
+            "dtype": "float32",
+            "seed": 0,
+            "params": PARAMS,
+            "baseline": BASELINE,
+            "ms": "median over blocks of the per-call time (ms_min: the fastest block)",
+            "ratio": f"median over rounds of block time / {BASELINE} block time of the same round",
+        },
+        "results": [],
+    }
+    for shape in shapes:
+        t0 = time.perf_counter()
+        results = bench_shape(shape, impls, blocks, block_ms / 1e3)
+        report["results"].append(
+            {
+                "shape": shape_name(shape),
+                "rows": shape[0],
+                "d": shape[1],
+                "implementations": results,
+            }
+        )
+        print(f"{shape_name(shape)}: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    report["elapsed_s"] = round(time.perf_counter() - started, 1)
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = f"ops_threads{args.threads}" + ("_quick" if args.quick else "")
+    text = markdown(report, impls)
+    write_atomic(args.out / f"{stem}.json", json.dumps(report, indent=2) + "\n")
+    write_atomic(args.out / f"{stem}.md", text)
+    print(text)
+    print(
+        f"wrote {args.out / stem}.json and .md ({report['elapsed_s']} s)",
+        file=sys.stderr,
+    )
+
+
+if __name__ == "__main__":
+    main()
