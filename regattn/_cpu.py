@@ -71,18 +71,20 @@ def _michelot(vals, counts, k):
         tau = (total - 1.0) / weight
 
 
-@njit(cache=True)
+# Reassociation lets LLVM vectorise the reductions; NaN and inf keep their meaning.
+_VECTORISE = {"reassoc", "nsz"}
+
+
+@njit(cache=True, fastmath=_VECTORISE)
 def _row_max(row):
     """Largest score of a row and whether the row holds a NaN."""
     vmax = -np.inf
-    has_nan = False
+    nan_count = 0
     for i in range(row.shape[0]):
         v = row[i]
-        if v > vmax:
-            vmax = v
-        elif v != v:
-            has_nan = True
-    return vmax, has_nan
+        vmax = v if v > vmax else vmax
+        nan_count += v != v
+    return vmax, nan_count > 0
 
 
 @njit(cache=True)
@@ -192,13 +194,20 @@ def _compact_row(row, inv_gamma, buf, idx):
 
 
 @njit(cache=True)
-def _tv_prox_segments(y, n, lam, seg_val, seg_len):
+def _fill_segment(z, seg, start, stop, value, label):
+    for i in range(start, stop):
+        z[i] = value
+        seg[i] = label
+
+
+@njit(cache=True)
+def _tv_prox(y, n, lam, z, seg):
     """Condat's direct algorithm for 1-D total-variation denoising.
 
     Solves argmin_z 1/2 ||z - y[:n]||^2 + lam * sum_i |z[i+1] - z[i]| in one sweep
     (L. Condat, "A Direct Algorithm for 1D Total Variation Denoising", IEEE SPL
-    2013). The solution is piecewise constant; it is returned as segments (value,
-    length), left to right. Returns the number of segments.
+    2013). The solution is piecewise constant: it is written to ``z[:n]``, and the
+    number of each position's segment (0, 1, ... from the left) to ``seg[:n]``.
     """
     nseg = 0
     k = 0  # current position
@@ -213,8 +222,7 @@ def _tv_prox_segments(y, n, lam, seg_val, seg_len):
     while True:
         if k == n - 1:  # at the right end: close segments until all are out
             if umin < 0.0:
-                seg_val[nseg] = vmin
-                seg_len[nseg] = kminus - k0 + 1
+                _fill_segment(z, seg, k0, kminus + 1, vmin, nseg)
                 nseg += 1
                 k0 = kminus + 1
                 k = k0
@@ -223,8 +231,7 @@ def _tv_prox_segments(y, n, lam, seg_val, seg_len):
                 umin = lam
                 umax = vmin + lam - vmax
             elif umax > 0.0:
-                seg_val[nseg] = vmax
-                seg_len[nseg] = kplus - k0 + 1
+                _fill_segment(z, seg, k0, kplus + 1, vmax, nseg)
                 nseg += 1
                 k0 = kplus + 1
                 k = k0
@@ -233,12 +240,10 @@ def _tv_prox_segments(y, n, lam, seg_val, seg_len):
                 umax = -lam
                 umin = vmax - lam - vmin
             else:
-                seg_val[nseg] = vmin + umin / (k - k0 + 1)
-                seg_len[nseg] = k - k0 + 1
-                return nseg + 1
+                _fill_segment(z, seg, k0, n, vmin + umin / (k - k0 + 1), nseg)
+                return
         elif umin + y[k + 1] - vmin < -lam:  # a downward jump after kminus
-            seg_val[nseg] = vmin
-            seg_len[nseg] = kminus - k0 + 1
+            _fill_segment(z, seg, k0, kminus + 1, vmin, nseg)
             nseg += 1
             k0 = kminus + 1
             k = k0
@@ -249,8 +254,7 @@ def _tv_prox_segments(y, n, lam, seg_val, seg_len):
             umin = lam
             umax = -lam
         elif umax + y[k + 1] - vmax > lam:  # an upward jump after kplus
-            seg_val[nseg] = vmax
-            seg_len[nseg] = kplus - k0 + 1
+            _fill_segment(z, seg, k0, kplus + 1, vmax, nseg)
             nseg += 1
             k0 = kplus + 1
             k = k0
@@ -296,10 +300,10 @@ def fusedmax_forward(x, out, aux, inv_gamma, lam, lo, hi):
     d = x.shape[1]
     buf = np.empty(d)
     idx = np.empty(d, dtype=np.int64)
-    seg_val = np.empty(d)
-    seg_len = np.empty(d, dtype=np.int64)
-    cand_val = np.empty(d)
-    cand_size = np.empty(d)
+    z = np.empty(d)
+    seg = np.empty(d, dtype=np.int32)
+    cand = np.empty(d)
+    ones = np.ones(d)
     for r in range(lo, hi):
         row = x[r]
         m, vmax, has_nan = _compact_row(row, inv_gamma, buf, idx)
@@ -307,19 +311,29 @@ def fusedmax_forward(x, out, aux, inv_gamma, lam, lo, hi):
         if flag != NORMAL:
             aux[r, :] = flag  # NO_GRAD or NAN_ROW
             continue
-        if m < d:  # masked positions are not written below
+        _tv_prox(buf, m, lam, z, seg)
+        zmax = z[0]
+        for j in range(1, m):
+            zmax = max(zmax, z[j])
+        k = 0
+        for j in range(m):
+            if z[j] > zmax - 1.0:
+                cand[k] = z[j]
+                k += 1
+        tau = _michelot(cand, ones, k)
+        if m == d:  # nothing masked: position j is kept position j
+            for j in range(d):
+                v = z[j] - tau
+                out[r, j] = v if v > 0.0 else 0.0
+                aux[r, j] = seg[j] if v > 0.0 else NO_GRAD
+        else:
             out[r, :] = 0.0
             aux[r, :] = NO_GRAD
-        nseg = _tv_prox_segments(buf, m, lam, seg_val, seg_len)
-        tau = _sparsemax_of_groups(seg_val, seg_len, nseg, cand_val, cand_size)
-        start = 0
-        for s in range(nseg):
-            v = seg_val[s] - tau
-            in_support = v > 0.0
-            for j in range(start, start + seg_len[s]):
-                out[r, idx[j]] = v if in_support else 0.0
-                aux[r, idx[j]] = s if in_support else NO_GRAD
-            start += seg_len[s]
+            for j in range(m):
+                v = z[j] - tau
+                if v > 0.0:
+                    out[r, idx[j]] = v
+                    aux[r, idx[j]] = seg[j]
 
 
 @njit(cache=True)
