@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint format bench clean
+.PHONY: install test lint format bench clean data-samples smoke reproduce
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,12 +20,26 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check regattn tests scripts
-	$(VENV)/bin/ruff format --check regattn tests scripts
+	$(VENV)/bin/ruff check regattn tasks tests scripts
+	$(VENV)/bin/ruff format --check regattn tasks tests scripts
 
 format: $(STAMP)
-	$(VENV)/bin/ruff format regattn tests scripts
-	$(VENV)/bin/ruff check --fix regattn tests scripts
+	$(VENV)/bin/ruff format regattn tasks tests scripts
+	$(VENV)/bin/ruff check --fix regattn tasks tests scripts
+
+# The bundled samples (data/samples) as fairseq binaries, for the smoke and quick profiles.
+SAMPLES := data-bin/samples
+data-samples: $(STAMP)
+	$(PY) scripts/prepare_data.py --task snli --raw data/samples --dest $(SAMPLES)/snli
+	$(PY) scripts/prepare_data.py --task nmt --src fr --tgt en --raw data/samples --dest $(SAMPLES)/nmt_fr-en
+	$(PY) scripts/prepare_data.py --task summarization --raw data/samples --dest $(SAMPLES)/summarization
+
+# Every mapping on every task (experiment quick_all), then the table and the figures.
+smoke reproduce: PROFILE = $(if $(filter smoke,$@),smoke,quick)
+smoke reproduce: data-samples
+	$(PY) scripts/train.py -m +experiment=quick_all profile=$(PROFILE)
+	$(PY) scripts/make_tables.py results/$(PROFILE)
+	$(PY) scripts/plot_attention.py results/$(PROFILE)
 
 bench: $(STAMP)
 	$(PY) scripts/bench_ops.py --threads 1

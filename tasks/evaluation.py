@@ -1,0 +1,262 @@
+"""Evaluate a trained run: beam search or classification on a test split, the task
+metric, attention statistics and throughput, written as one JSON per run.
+
+    metrics      BLEU (sacrebleu, signature recorded), ROUGE-1/2/L F1 (rouge-score),
+                 or SNLI accuracy
+    attention    over every attention distribution of the split (each target step,
+                 or each hypothesis for SNLI), on its valid source positions:
+                 support size, fused groups (runs of equal consecutive nonzero
+                 weights), distinct nonzero values, share of exactly-zero weights
+    throughput   decoding (or classification) sentences/s; training target tokens/s
+                 from the training log
+"""
+
+import datetime
+import json
+import os
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from .pipeline import CHECKPOINTS, REPO, RUN_CONFIG, PipelineError, check_data, warm_up
+
+ATTENTION_EXAMPLES = 3  # attention matrices kept per run for the figures
+
+
+def attention_stats(weights):
+    """Statistics of attention distributions: ``weights`` is a list of 1-D tensors,
+    each over the valid positions only."""
+    support = groups = runs = zeros = positions = 0
+    for w in weights:
+        nonzero = w > 0
+        support += int(nonzero.sum())
+        zeros += int((~nonzero).sum())
+        positions += w.numel()
+        groups += len(torch.unique(w[nonzero]))
+        # A run starts at each nonzero weight that differs from its left neighbour.
+        starts = nonzero.clone()
+        starts[1:] &= w[1:] != w[:-1]
+        runs += int(starts.sum())
+    n = max(len(weights), 1)
+    return {
+        "distributions": len(weights),
+        "mean_support": support / n,
+        "mean_fused_runs": runs / n,
+        "mean_distinct_values": groups / n,
+        "zero_share": zeros / max(positions, 1),
+    }
+
+
+def _git_state():
+    def git(*args):
+        return subprocess.run(
+            ["git", *args], cwd=REPO, capture_output=True, text=True, check=False
+        ).stdout.strip()
+
+    dirty = git("status", "--porcelain", "--", "regattn", "tasks", "scripts", "configs")
+    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(dirty)}
+
+
+def write_text_atomic(path, text):
+    """Write a file so that readers see the old or the new content, never a part."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
+def write_json_atomic(path, data):
+    write_text_atomic(path, json.dumps(data, indent=1) + "\n")
+
+
+def _load(run_dir, cpu):
+    from fairseq import checkpoint_utils
+
+    checkpoint = run_dir / CHECKPOINTS / "checkpoint_best.pt"
+    if not checkpoint.is_file():
+        raise PipelineError(
+            f"no checkpoint at {checkpoint}: train the run first (scripts/train.py), or "
+            "pass the directory of a finished run"
+        )
+    cfg = OmegaConf.load(run_dir / RUN_CONFIG)
+    check_data(cfg.task)
+    warm_up(cfg.mapping)
+    models, _, task = checkpoint_utils.load_model_ensemble_and_task(
+        [str(checkpoint)], arg_overrides={"data": str(cfg.task.data)}
+    )
+    for model in models:
+        model.eval()
+        if not cpu:
+            model.cuda()
+    return cfg, models, task
+
+
+def _batches(task, split, batch_size):
+    task.load_dataset(split)
+    return task.get_batch_iterator(
+        dataset=task.dataset(split), max_sentences=batch_size
+    ).next_epoch_itr(shuffle=False)
+
+
+def _to_device(sample, cpu):
+    from fairseq import utils
+
+    return sample if cpu else utils.move_to_cuda(sample)
+
+
+def evaluate_seq2seq(cfg, models, task, cpu):
+    from fairseq.dataclass.configs import GenerationConfig
+
+    generator = task.build_generator(models, GenerationConfig(beam=cfg.task.eval.beam))
+    source_dict, target_dict = task.source_dictionary, task.target_dictionary
+    post = "sentencepiece" if cfg.task.vocab == "spm" else None
+    hypotheses, references, weights, examples = [], [], [], []
+    iterator = _batches(task, cfg.task.eval.split, 32)
+    start = time.perf_counter()
+    for sample in iterator:
+        sample = _to_device(sample, cpu)
+        with torch.no_grad():
+            outputs = task.inference_step(generator, models, sample)
+        for i in range(len(sample["id"])):
+            best = outputs[i][0]
+            source = utils_strip(sample["net_input"]["src_tokens"][i], source_dict)
+            reference = utils_strip(sample["target"][i], target_dict)
+            hypotheses.append(target_dict.string(best["tokens"], post))
+            references.append(target_dict.string(reference, post))
+            attention = best["attention"].float().cpu()  # source positions x target steps
+            valid = attention[: len(source)].t()  # each target step over the source
+            weights.extend(valid)
+            if len(examples) < ATTENTION_EXAMPLES:
+                examples.append(
+                    {
+                        "source": [source_dict[t] for t in source],
+                        "target": [target_dict[t] for t in best["tokens"]],
+                        "attention": valid.tolist(),
+                    }
+                )
+    seconds = time.perf_counter() - start
+    metrics = _text_metrics(cfg.task.eval.metric, hypotheses, references)
+    throughput = {"decode_sentences_per_s": len(hypotheses) / seconds}
+    return metrics, attention_stats(weights), throughput, examples, len(hypotheses)
+
+
+def utils_strip(tokens, dictionary):
+    """Tokens without padding (sources are right-padded: left_pad_source=false)."""
+    return tokens[tokens != dictionary.pad()].cpu()
+
+
+def _text_metrics(metric, hypotheses, references):
+    if metric == "bleu":
+        import sacrebleu
+
+        bleu = sacrebleu.metrics.BLEU(tokenize="none")  # the data is tokenized already
+        score = bleu.corpus_score(hypotheses, [references])
+        return {"bleu": score.score, "bleu_signature": str(bleu.get_signature())}
+    if metric == "rouge":
+        from rouge_score import rouge_scorer
+
+        names = ["rouge1", "rouge2", "rougeL"]
+        scorer = rouge_scorer.RougeScorer(names, use_stemmer=False)
+        totals = dict.fromkeys(names, 0.0)
+        for hypothesis, reference in zip(hypotheses, references, strict=True):
+            scores = scorer.score(reference, hypothesis)
+            for name in names:
+                totals[name] += scores[name].fmeasure
+        n = max(len(hypotheses), 1)
+        return {f"{name}_f1": 100 * totals[name] / n for name in names}
+    raise PipelineError(f"unknown evaluation metric {metric!r}; use bleu, rouge or accuracy")
+
+
+def evaluate_classification(cfg, models, task, cpu):
+    (model,) = models
+    correct = total = 0
+    weights, examples = [], []
+    iterator = _batches(task, cfg.task.eval.split, 64)
+    dictionary = task.source_dictionary
+    start = time.perf_counter()
+    for sample in iterator:
+        sample = _to_device(sample, cpu)
+        with torch.no_grad():
+            logits, extra = model(**sample["net_input"])
+        predictions = logits.argmax(-1)
+        correct += int((predictions == sample["target"].view(-1)).sum())
+        total += len(predictions)
+        premises = sample["net_input"]["premise_tokens"]
+        for i, attention in enumerate(extra["attn"].float().cpu()):
+            premise = utils_strip(premises[i], dictionary)
+            valid = attention[premises[i].cpu() != dictionary.pad()]
+            weights.append(valid)
+            if len(examples) < ATTENTION_EXAMPLES:
+                examples.append(
+                    {
+                        "source": [dictionary[t] for t in premise],
+                        "target": ["<class>"],
+                        "attention": [valid.tolist()],
+                    }
+                )
+    seconds = time.perf_counter() - start
+    metrics = {"accuracy": 100 * correct / max(total, 1)}
+    throughput = {"classify_sentences_per_s": total / seconds}
+    return metrics, attention_stats(weights), throughput, examples, total
+
+
+def result_path(cfg, run_dir):
+    """<results_dir>/runs/<run name>.json: one file per run, never shared."""
+    runs_root = Path(cfg.runs_dir)
+    try:
+        name = run_dir.resolve().relative_to(runs_root.resolve())
+    except ValueError:
+        name = Path(run_dir.name)
+    return Path(cfg.results_dir) / "runs" / f"{name}.json"
+
+
+def evaluate_run(run_dir, cpu=True, extra=None):
+    """Evaluate the best checkpoint of ``run_dir``; write and return its results."""
+    run_dir = Path(run_dir)
+    cfg, models, task = _load(run_dir, cpu)
+    evaluate = evaluate_classification if cfg.task.name == "snli" else evaluate_seq2seq
+    metrics, attention, throughput, examples, count = evaluate(cfg, models, task, cpu)
+    throughput.update(extra or _throughput_from_log(run_dir))
+    result = {
+        "task": cfg.task.name,
+        "arch": cfg.task.arch,
+        "mapping": OmegaConf.to_container(cfg.mapping),
+        "seed": cfg.seed,
+        "profile": cfg.profile.name,
+        "profile_note": cfg.profile.note,
+        "split": cfg.task.eval.split,
+        "examples": count,
+        "metrics": metrics,
+        "attention": attention,
+        "throughput": throughput,
+        "run_dir": str(run_dir),
+        "git": _git_state(),
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "config": OmegaConf.to_container(cfg),
+        "attention_examples": examples,
+    }
+    path = result_path(cfg, run_dir)
+    write_json_atomic(path, result)
+    summary = ", ".join(f"{k} {v:.2f}" for k, v in metrics.items() if isinstance(v, float))
+    print(f"{cfg.task.name} {cfg.mapping.name} seed {cfg.seed}: {summary}; results in {path}")
+    return result
+
+
+def _throughput_from_log(run_dir):
+    from .pipeline import ThroughputLog
+
+    log = ThroughputLog()
+    path = run_dir / "train.log"
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            message = line.split("] - ", 1)[-1]  # Hydra's format: [time][logger][LEVEL] - msg
+            match = log.EPOCH_STATS.match(message)
+            if match:
+                log.words_per_second.append(float(match.group(1)))
+    return {"train_target_tokens_per_s": log.words_per_second}

@@ -1,0 +1,1 @@
+"""Models whose attention is a regattn mapping (registered with fairseq on import)."""

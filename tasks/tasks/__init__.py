@@ -1,0 +1,1 @@
+"""fairseq tasks of the user dir (registered on import)."""
