@@ -25,7 +25,13 @@ def plot_example(panels, path):
     rows = max(len(example["target"]) for _, example in panels)
     width = max(4.0, 0.32 * len(source)) * min(n, 3)
     height = max(2.0, 0.28 * rows + 1.4) * ((n + 2) // 3)
-    fig, axes = plt.subplots((n + 2) // 3, min(n, 3), figsize=(width, height), squeeze=False)
+    fig, axes = plt.subplots(
+        (n + 2) // 3,
+        min(n, 3),
+        figsize=(width, height),
+        squeeze=False,
+        gridspec_kw={"hspace": 0.25 + 0.03 * max(map(len, source))},  # room for the labels
+    )
     for ax in axes.flat[n:]:
         ax.axis("off")
     for ax, (title, example) in zip(axes.flat, panels, strict=False):

@@ -113,40 +113,43 @@ def _to_device(sample, cpu):
 def evaluate_seq2seq(cfg, models, task, cpu):
     from fairseq.dataclass.configs import GenerationConfig
 
+    split = cfg.task.eval.split
     generator = task.build_generator(models, GenerationConfig(beam=cfg.task.eval.beam))
     source_dict, target_dict = task.source_dictionary, task.target_dictionary
     post = "sentencepiece" if cfg.task.vocab == "spm" else None
-    hypotheses, references, weights, examples = [], [], [], []
-    iterator = _batches(task, cfg.task.eval.split, 32)
+    # References are the prepared text (prepare_data.py), not the binarized targets,
+    # whose out-of-vocabulary words would read <unk>.
+    reference_file = Path(cfg.task.data) / "text" / f"{split}.{task.cfg.target_lang}"
+    references = reference_file.read_text().splitlines()
+    outputs_by_id, weights, examples = {}, [], {}
     start = time.perf_counter()
-    for sample in iterator:
+    for sample in _batches(task, split, 32):
         sample = _to_device(sample, cpu)
         with torch.no_grad():
             outputs = task.inference_step(generator, models, sample)
-        for i in range(len(sample["id"])):
+        for i, sample_id in enumerate(sample["id"].tolist()):
             best = outputs[i][0]
-            source = utils_strip(sample["net_input"]["src_tokens"][i], source_dict)
-            reference = utils_strip(sample["target"][i], target_dict)
-            hypotheses.append(target_dict.string(best["tokens"], post))
-            references.append(target_dict.string(reference, post))
+            source = _without_padding(sample["net_input"]["src_tokens"][i], source_dict)
+            outputs_by_id[sample_id] = target_dict.string(best["tokens"], post)
             attention = best["attention"].float().cpu()  # source positions x target steps
             valid = attention[: len(source)].t()  # each target step over the source
             weights.extend(valid)
-            if len(examples) < ATTENTION_EXAMPLES:
-                examples.append(
-                    {
-                        "source": [source_dict[t] for t in source],
-                        "target": [target_dict[t] for t in best["tokens"]],
-                        "attention": valid.tolist(),
-                    }
-                )
+            if sample_id < ATTENTION_EXAMPLES:  # the first examples of the file
+                examples[sample_id] = {
+                    "source": [source_dict[t] for t in source],
+                    "target": [target_dict[t] for t in best["tokens"]],
+                    "attention": valid.tolist(),
+                }
     seconds = time.perf_counter() - start
-    metrics = _text_metrics(cfg.task.eval.metric, hypotheses, references)
-    throughput = {"decode_sentences_per_s": len(hypotheses) / seconds}
-    return metrics, attention_stats(weights), throughput, examples, len(hypotheses)
+    ids = sorted(outputs_by_id)
+    hypotheses = [outputs_by_id[i] for i in ids]
+    metrics = _text_metrics(cfg.task.eval.metric, hypotheses, [references[i] for i in ids])
+    throughput = {"decode_sentences_per_s": len(ids) / seconds}
+    example_list = [examples[i] for i in sorted(examples)]
+    return metrics, attention_stats(weights), throughput, example_list, len(ids)
 
 
-def utils_strip(tokens, dictionary):
+def _without_padding(tokens, dictionary):
     """Tokens without padding (sources are right-padded: left_pad_source=false)."""
     return tokens[tokens != dictionary.pad()].cpu()
 
@@ -175,35 +178,18 @@ def _text_metrics(metric, hypotheses, references):
 
 def evaluate_classification(cfg, models, task, cpu):
     (model,) = models
-    correct = total = 0
-    weights, examples = [], []
-    iterator = _batches(task, cfg.task.eval.split, 64)
-    dictionary = task.source_dictionary
     start = time.perf_counter()
-    for sample in iterator:
-        sample = _to_device(sample, cpu)
-        with torch.no_grad():
-            logits, extra = model(**sample["net_input"])
-        predictions = logits.argmax(-1)
-        correct += int((predictions == sample["target"].view(-1)).sum())
-        total += len(predictions)
-        premises = sample["net_input"]["premise_tokens"]
-        for i, attention in enumerate(extra["attn"].float().cpu()):
-            premise = utils_strip(premises[i], dictionary)
-            valid = attention[premises[i].cpu() != dictionary.pad()]
-            weights.append(valid)
-            if len(examples) < ATTENTION_EXAMPLES:
-                examples.append(
-                    {
-                        "source": [dictionary[t] for t in premise],
-                        "target": ["<class>"],
-                        "attention": [valid.tolist()],
-                    }
-                )
+    predictions = task.predict(model, cfg.task.eval.split)
     seconds = time.perf_counter() - start
-    metrics = {"accuracy": 100 * correct / max(total, 1)}
-    throughput = {"classify_sentences_per_s": total / seconds}
-    return metrics, attention_stats(weights), throughput, examples, total
+    correct = sum(p["prediction"] == p["label"] for p in predictions)
+    metrics = {"accuracy": 100 * correct / max(len(predictions), 1)}
+    weights = [torch.tensor(p["attention"]) for p in predictions]
+    examples = [
+        {"source": p["premise_tokens"], "target": [p["prediction"]], "attention": [p["attention"]]}
+        for p in predictions[:ATTENTION_EXAMPLES]
+    ]
+    throughput = {"classify_sentences_per_s": len(predictions) / seconds}
+    return metrics, attention_stats(weights), throughput, examples, len(predictions)
 
 
 def result_path(cfg, run_dir):
@@ -235,7 +221,7 @@ def evaluate_run(run_dir, cpu=True, extra=None):
         "metrics": metrics,
         "attention": attention,
         "throughput": throughput,
-        "run_dir": str(run_dir),
+        "run_dir": _display_path(run_dir),
         "git": _git_state(),
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "config": OmegaConf.to_container(cfg),
@@ -246,6 +232,13 @@ def evaluate_run(run_dir, cpu=True, extra=None):
     summary = ", ".join(f"{k} {v:.2f}" for k, v in metrics.items() if isinstance(v, float))
     print(f"{cfg.task.name} {cfg.mapping.name} seed {cfg.seed}: {summary}; results in {path}")
     return result
+
+
+def _display_path(path):
+    """``path`` relative to the repository when it is inside it (no machine paths in
+    committed results)."""
+    path = Path(path).resolve()
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
 
 
 def _throughput_from_log(run_dir):
