@@ -76,15 +76,17 @@ _VECTORISE = {"reassoc", "nsz"}
 
 
 @njit(cache=True, fastmath=_VECTORISE)
-def _row_max(row):
-    """Largest score of a row and whether the row holds a NaN."""
+def _row_stats(row):
+    """Largest score of a row, whether it holds a NaN, and how many -inf (masked)."""
     vmax = -np.inf
     nan_count = 0
+    masked = 0
     for i in range(row.shape[0]):
         v = row[i]
         vmax = v if v > vmax else vmax
         nan_count += v != v
-    return vmax, nan_count > 0
+        masked += v == -np.inf
+    return vmax, nan_count > 0, masked
 
 
 @njit(cache=True)
@@ -134,7 +136,7 @@ def sparsemax_forward(x, out, aux, inv_gamma, param, lo, hi):
     counts = np.ones(d)
     for r in range(lo, hi):
         row = x[r]
-        vmax, has_nan = _row_max(row)
+        vmax, has_nan, _ = _row_stats(row)
         aux[r, 0] = _special_row(row, out[r], vmax, has_nan)
         if aux[r, 0] != NORMAL:
             continue
@@ -176,20 +178,19 @@ def sparsemax_backward(y, aux, g, grad, inv_gamma, param, lo, hi):
 def _compact_row(row, inv_gamma, buf, idx):
     """Copy the scaled non-masked scores of a row to ``buf`` (their positions to
     ``idx``); return their number, the largest score and whether a NaN was seen."""
+    vmax, has_nan, masked = _row_stats(row)
+    d = row.shape[0]
+    if masked == 0:  # the common case, in a loop without branches
+        for i in range(d):
+            buf[i] = row[i] * inv_gamma
+            idx[i] = i
+        return d, vmax, has_nan
     m = 0
-    vmax = -np.inf
-    has_nan = False
-    for i in range(row.shape[0]):
-        v = row[i]
-        if v == -np.inf:
-            continue
-        if v != v:
-            has_nan = True
-        elif v > vmax:
-            vmax = v
-        buf[m] = v * inv_gamma
-        idx[m] = i
-        m += 1
+    for i in range(d):
+        if row[i] != -np.inf:
+            buf[m] = row[i] * inv_gamma
+            idx[m] = i
+            m += 1
     return m, vmax, has_nan
 
 
@@ -568,7 +569,7 @@ def sq_pnorm_max_forward(x, out, aux, inv_gamma, p, lo, hi):
     q = 1.0 / (p - 1.0)
     for r in range(lo, hi):
         row = x[r]
-        vmax, has_nan = _row_max(row)
+        vmax, has_nan, _ = _row_stats(row)
         aux[r, 0] = _special_row(row, out[r], vmax, has_nan)
         if aux[r, 0] != NORMAL:
             continue
@@ -693,7 +694,7 @@ def entmax15_forward(x, out, aux, inv_gamma, param, lo, hi):
     half = 0.5 * inv_gamma  # entmax15(x) thresholds x / 2
     for r in range(lo, hi):
         row = x[r]
-        vmax, has_nan = _row_max(row)
+        vmax, has_nan, _ = _row_stats(row)
         aux[r, 0] = _special_row(row, out[r], vmax, has_nan)
         if aux[r, 0] != NORMAL:
             continue
