@@ -1,7 +1,7 @@
 """Evaluate trained runs: beam search (beam 5) or classification on the test split,
 the task metric, attention statistics and throughput, one JSON per run.
 
-    python scripts/evaluate.py runs/quick/nmt/lstm_attn/fusedmax/seed1
+    python scripts/evaluate.py runs/quick/nmt/lstm_attn-small/fusedmax/seed1
     python scripts/evaluate.py runs/quick/*/*/*/seed1          # several runs
 
 Each run's results go to <results_dir>/runs/<run name>.json (results_dir comes from

@@ -54,18 +54,29 @@ def mean_std(values):
     return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
+def _settings(run):
+    """What makes runs comparable as seeds of one setting: the config without the seed
+    and the bookkeeping of where things go."""
+    config = {k: v for k, v in run["config"].items() if k not in SEED_AND_PLACES}
+    return json.dumps(config, sort_keys=True)
+
+
+SEED_AND_PLACES = ("seed", "run_name", "runs_dir", "results_dir")
+
+
 def task_table(task, runs):
     groups = defaultdict(list)
     for run in runs:
-        groups[(run["arch"], mapping_label(run["mapping"]))].append(run)
-    order = sorted(groups, key=lambda key: (key[0], _mapping_rank(key[1]), key[1]))
+        label = (f"{run['arch']} ({run['model']})", mapping_label(run["mapping"]))
+        groups[(*label, _settings(run))].append(run)
+    order = sorted(groups, key=lambda key: (key[0], _mapping_rank(key[1]), key[1], key[2]))
     metrics = METRICS[task]
     header = ["model", "mapping", "seeds", *metrics]
     header += ["support", "fused runs", "zero share", "train tok/s", "decode sent/s"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for arch, label in order:
-        group = groups[(arch, label)]
-        cells = [arch, label, str(len(group))]
+    for key in order:
+        group = groups[key]
+        cells = [key[0], key[1], str(len(group))]
         cells += [mean_std([run["metrics"][m] for run in group]) for m in metrics]
         cells.append(mean_std([run["attention"]["mean_support"] for run in group]))
         cells.append(mean_std([run["attention"]["mean_fused_runs"] for run in group]))

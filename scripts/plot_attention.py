@@ -49,21 +49,22 @@ def plot_example(panels, path):
 
 def plot_runs(results_dir, seed=None):
     runs = load_runs(results_dir)
-    chosen = defaultdict(dict)  # (task, arch) -> mapping label -> run (lowest seed)
+    chosen = defaultdict(dict)  # (task, arch, model) -> mapping label -> run (lowest seed)
     for run in runs:
         if seed is not None and run["seed"] != seed:
             continue
         label = mapping_label(run["mapping"])
-        current = chosen[(run["task"], run["arch"])].get(label)
+        key = (run["task"], run["arch"], run["model"])
+        current = chosen[key].get(label)
         if current is None or run["seed"] < current["seed"]:
-            chosen[(run["task"], run["arch"])][label] = run
+            chosen[key][label] = run
     written = []
-    for (task, arch), by_label in sorted(chosen.items()):
+    for (task, arch, model), by_label in sorted(chosen.items()):
         labels = sorted(by_label, key=lambda x: (_rank(x), x))
         count = min(len(by_label[label]["attention_examples"]) for label in labels)
         for index in range(count):
             panels = [(label, by_label[label]["attention_examples"][index]) for label in labels]
-            path = results_dir / "figures" / f"{task}_{arch}_example{index}.png"
+            path = results_dir / "figures" / f"{task}_{arch}-{model}_example{index}.png"
             plot_example(panels, path)
             written.append(path)
     return written

@@ -5,7 +5,7 @@
     python scripts/train.py -m +experiment=table2_nmt profile=reduced
 
 Any config value can be overridden (see configs/ and `--help`). The run directory,
-runs/<profile>/<task>/<arch>/<mapping>/seed<k>, holds the resolved config (run.yaml),
+runs/<profile>/<task>/<arch>-<model size>/<mapping>/seed<k>, holds the resolved config (run.yaml),
 the training log and the checkpoints; rerunning the same command resumes the run.
 With evaluate=true (the default) the best checkpoint is then evaluated and its
 metrics written to <results_dir>/runs/ (scripts/evaluate.py does it on its own).

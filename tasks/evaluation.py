@@ -212,6 +212,7 @@ def evaluate_run(run_dir, cpu=True, extra=None):
     result = {
         "task": cfg.task.name,
         "arch": cfg.task.arch,
+        "model": cfg.model.name,
         "mapping": OmegaConf.to_container(cfg.mapping),
         "seed": cfg.seed,
         "profile": cfg.profile.name,

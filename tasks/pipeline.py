@@ -154,7 +154,7 @@ def fairseq_config(cfg, run_dir, cpu):
             "lr": [optim.lr],
             "clip_norm": optim.clip_norm,
             "max_epoch": optim.max_epoch,
-            "max_update": optim.get("max_update", 0),
+            "max_update": optim.max_update,
         },
         "dataset": {"batch_size": optim.batch_size, "num_workers": 0, "validate_interval": 1},
         "checkpoint": {

@@ -104,8 +104,8 @@ def test_tables_and_figures_from_run_files(data_root, tmp_path):
     for script in ("make_tables.py", "plot_attention.py"):
         subprocess.run([sys.executable, str(REPO / "scripts" / script), str(results)], check=True)
     table = (results / "table.md").read_text()
-    assert "| lstm_attn | softmax | 1 |" in table and "fusedmax (lam=0.1)" in table
-    assert list((results / "figures").glob("nmt_lstm_attn_example*.png"))
+    assert "| lstm_attn (tiny) | softmax | 1 |" in table and "fusedmax (lam=0.1)" in table
+    assert list((results / "figures").glob("nmt_lstm_attn-tiny_example*.png"))
 
 
 def test_rerun_resumes_and_other_settings_are_refused(data_root, tmp_path):
@@ -125,7 +125,7 @@ def test_killed_training_resumes_from_its_last_checkpoint(data_root, tmp_path):
         f"results_dir={tmp_path / 'results'}", "evaluate=false",
         "task.optim.max_update=0", "task.optim.max_epoch=40", "task.optim.batch_size=2",
     ]  # fmt: skip
-    run_dir = tmp_path / "runs" / "snli" / "snli_attn" / "softmax" / "seed1"
+    run_dir = tmp_path / "runs" / "snli" / "snli_attn-tiny" / "softmax" / "seed1"
     last = run_dir / "checkpoints" / "checkpoint_last.pt"
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
