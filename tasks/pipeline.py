@@ -37,10 +37,11 @@ def mapping_tag(mapping):
 OmegaConf.register_new_resolver("mapping_tag", mapping_tag, replace=True)
 
 
-def check_mapping(mapping):
+def mapping_function(mapping):
+    """The regattn mapping a config selects, with its parameters validated."""
     params = {k: v for k, v in mapping.items() if k != "name"}
     try:
-        regattn.get_mapping(mapping["name"], **params)
+        return regattn.get_mapping(mapping["name"], **params)
     except ValueError as error:
         raise PipelineError(f"mapping: {error}") from None
 
@@ -50,10 +51,8 @@ def warm_up(mapping):
     training step or the decoding throughput does not pay for it."""
     import torch
 
-    check_mapping(mapping)
-    params = {k: v for k, v in mapping.items() if k != "name"}
     scores = torch.randn(4, 5, requires_grad=True)
-    regattn.get_mapping(mapping["name"], **params)(scores, mask=scores > -1).sum().backward()
+    mapping_function(mapping)(scores, mask=scores > -1).sum().backward()
 
 
 def check_data(task):
@@ -64,8 +63,8 @@ def check_data(task):
     if not meta_file.is_file():
         raise PipelineError(
             f"data directory {data} is missing or incomplete (no meta.json): prepare it with "
-            f"`{prepare} --raw RAW_DIR` (RAW_DIR: data/samples, or the output of "
-            "scripts/download_data.py)"
+            f"`{prepare} --raw RAW_DIR` (RAW_DIR: the output of scripts/download_data.py, "
+            "or data/samples for the bundled samples, whose translation pair is fr-en)"
         )
     meta = json.loads(meta_file.read_text())
     if meta.get("vocab") != task.vocab:
