@@ -303,8 +303,9 @@ def fusedmax_forward(x, out, aux, inv_gamma, lam, lo, hi):
     idx = np.empty(d, dtype=np.int64)
     z = np.empty(d)
     seg = np.empty(d, dtype=np.int32)
-    cand = np.empty(d)
     ones = np.ones(d)
+    cand_val = np.empty(d)
+    cand_size = np.empty(d)
     for r in range(lo, hi):
         row = x[r]
         m, vmax, has_nan = _compact_row(row, inv_gamma, buf, idx)
@@ -313,15 +314,7 @@ def fusedmax_forward(x, out, aux, inv_gamma, lam, lo, hi):
             aux[r, :] = flag  # NO_GRAD or NAN_ROW
             continue
         _tv_prox(buf, m, lam, z, seg)
-        zmax = z[0]
-        for j in range(1, m):
-            zmax = max(zmax, z[j])
-        k = 0
-        for j in range(m):
-            if z[j] > zmax - 1.0:
-                cand[k] = z[j]
-                k += 1
-        tau = _michelot(cand, ones, k)
+        tau = _sparsemax_of_groups(z, ones, m, cand_val, cand_size)
         if m == d:  # nothing masked: position j is kept position j
             for j in range(d):
                 v = z[j] - tau

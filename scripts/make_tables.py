@@ -69,7 +69,7 @@ def task_table(task, runs):
     for run in runs:
         label = (f"{run['arch']} ({run['model']})", mapping_label(run["mapping"]))
         groups[(*label, _settings(run))].append(run)
-    order = sorted(groups, key=lambda key: (key[0], _mapping_rank(key[1]), key[1], key[2]))
+    order = sorted(groups, key=lambda key: (key[0], mapping_rank(key[1]), key[1], key[2]))
     metrics = METRICS[task]
     header = ["model", "mapping", "seeds", *metrics]
     header += ["support", "fused runs", "zero share", "train tok/s", "decode sent/s"]
@@ -81,15 +81,9 @@ def task_table(task, runs):
         cells.append(mean_std([run["attention"]["mean_support"] for run in group]))
         cells.append(mean_std([run["attention"]["mean_fused_runs"] for run in group]))
         cells.append(mean_std([run["attention"]["zero_share"] for run in group]))
-        cells.append(
-            mean_std(
-                [
-                    _last(run["throughput"].get("train_target_tokens_per_s"))
-                    for run in group
-                    if run["throughput"].get("train_target_tokens_per_s")
-                ]
-            )
-        )
+        # fairseq's training words/s of the last epoch
+        train = [run["throughput"].get("train_target_tokens_per_s") for run in group]
+        cells.append(mean_std([per_epoch[-1] for per_epoch in train if per_epoch]))
         decode = [
             v
             for run in group
@@ -101,11 +95,8 @@ def task_table(task, runs):
     return lines
 
 
-def _last(values):
-    return values[-1]
-
-
-def _mapping_rank(label):
+def mapping_rank(label):
+    """Where a mapping label sorts: the paper's order, then anything else."""
     name = label.split(" ")[0]
     return MAPPING_ORDER.index(name) if name in MAPPING_ORDER else len(MAPPING_ORDER)
 

@@ -15,7 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from scripts.make_tables import MAPPING_ORDER, load_runs, mapping_label  # noqa: E402
+from scripts.make_tables import load_runs, mapping_label, mapping_rank  # noqa: E402
 
 
 def plot_example(panels, path):
@@ -60,7 +60,7 @@ def plot_runs(results_dir, seed=None):
             chosen[key][label] = run
     written = []
     for (task, arch, model), by_label in sorted(chosen.items()):
-        labels = sorted(by_label, key=lambda x: (_rank(x), x))
+        labels = sorted(by_label, key=lambda x: (mapping_rank(x), x))
         count = min(len(by_label[label]["attention_examples"]) for label in labels)
         for index in range(count):
             panels = [(label, by_label[label]["attention_examples"][index]) for label in labels]
@@ -68,11 +68,6 @@ def plot_runs(results_dir, seed=None):
             plot_example(panels, path)
             written.append(path)
     return written
-
-
-def _rank(label):
-    name = label.split(" ")[0]
-    return MAPPING_ORDER.index(name) if name in MAPPING_ORDER else len(MAPPING_ORDER)
 
 
 def main():
