@@ -111,18 +111,47 @@ def _to_device(sample, cpu):
 
 
 def evaluate_seq2seq(cfg, models, task, cpu):
+    """Beam search on the evaluation split (metrics, attention, per-example scores) and,
+    when that split is not the validation split, on the validation split too: its
+    metric is what hyperparameters are chosen by, never the test metric."""
     from fairseq.dataclass.configs import GenerationConfig
 
-    split = cfg.task.eval.split
     generator = task.build_generator(models, GenerationConfig(beam=cfg.task.eval.beam))
+    split, metric = cfg.task.eval.split, cfg.task.eval.metric
+    start = time.perf_counter()
+    hypotheses, weights, examples = _decode(cfg, task, generator, models, split, cpu)
+    seconds = time.perf_counter() - start
+    references = _references(cfg, task, split)
+    metrics = _text_metrics(metric, hypotheses, references)
+    per_example = {"hypotheses": hypotheses, **_per_example_scores(metric, hypotheses, references)}
+    result = {
+        "metrics": metrics,
+        "attention": attention_stats(weights),
+        "throughput": {"decode_sentences_per_s": len(hypotheses) / seconds},
+        "attention_examples": examples,
+        "examples": len(hypotheses),
+        "per_example": per_example,
+    }
+    if split != "valid":
+        valid_hypotheses = _decode(cfg, task, generator, models, "valid", cpu)[0]
+        valid_references = _references(cfg, task, "valid")
+        result["valid_metrics"] = _text_metrics(metric, valid_hypotheses, valid_references)
+    return result
+
+
+def _references(cfg, task, split):
+    # The prepared text (prepare_data.py), not the binarized targets, whose
+    # out-of-vocabulary words would read <unk>.
+    reference_file = Path(cfg.task.data) / "text" / f"{split}.{task.cfg.target_lang}"
+    return reference_file.read_text().splitlines()
+
+
+def _decode(cfg, task, generator, models, split, cpu):
+    """Best beam hypotheses of ``split`` in file order, every attention distribution
+    over the valid source positions, and the first examples' attention matrices."""
     source_dict, target_dict = task.source_dictionary, task.target_dictionary
     post = "sentencepiece" if cfg.task.vocab == "spm" else None
-    # References are the prepared text (prepare_data.py), not the binarized targets,
-    # whose out-of-vocabulary words would read <unk>.
-    reference_file = Path(cfg.task.data) / "text" / f"{split}.{task.cfg.target_lang}"
-    references = reference_file.read_text().splitlines()
     outputs_by_id, weights, examples = {}, [], {}
-    start = time.perf_counter()
     for sample in _batches(task, split, 32):
         sample = _to_device(sample, cpu)
         with torch.no_grad():
@@ -140,13 +169,8 @@ def evaluate_seq2seq(cfg, models, task, cpu):
                     "target": [target_dict[t] for t in best["tokens"]],
                     "attention": valid.tolist(),
                 }
-    seconds = time.perf_counter() - start
-    ids = sorted(outputs_by_id)
-    hypotheses = [outputs_by_id[i] for i in ids]
-    metrics = _text_metrics(cfg.task.eval.metric, hypotheses, [references[i] for i in ids])
-    throughput = {"decode_sentences_per_s": len(ids) / seconds}
-    example_list = [examples[i] for i in sorted(examples)]
-    return metrics, attention_stats(weights), throughput, example_list, len(ids)
+    hypotheses = [outputs_by_id[i] for i in sorted(outputs_by_id)]
+    return hypotheses, weights, [examples[i] for i in sorted(examples)]
 
 
 def _without_padding(tokens, dictionary):
@@ -162,18 +186,30 @@ def _text_metrics(metric, hypotheses, references):
         score = bleu.corpus_score(hypotheses, [references])
         return {"bleu": score.score, "bleu_signature": str(bleu.get_signature())}
     if metric == "rouge":
-        from rouge_score import rouge_scorer
-
-        names = ["rouge1", "rouge2", "rougeL"]
-        scorer = rouge_scorer.RougeScorer(names, use_stemmer=False)
-        totals = dict.fromkeys(names, 0.0)
-        for hypothesis, reference in zip(hypotheses, references, strict=True):
-            scores = scorer.score(reference, hypothesis)
-            for name in names:
-                totals[name] += scores[name].fmeasure
-        n = max(len(hypotheses), 1)
-        return {f"{name}_f1": 100 * totals[name] / n for name in names}
+        per_example = _per_example_scores(metric, hypotheses, references)
+        return {name: sum(scores) / max(len(scores), 1) for name, scores in per_example.items()}
     raise PipelineError(f"unknown evaluation metric {metric!r}; use bleu, rouge or accuracy")
+
+
+def _per_example_scores(metric, hypotheses, references):
+    """What a paired significance test needs, example by example: BLEU's sufficient
+    statistics (corpus BLEU is a function of their sums), or each example's ROUGE F1
+    (the reported ROUGE is their mean)."""
+    if metric == "bleu":
+        import sacrebleu
+
+        bleu = sacrebleu.metrics.BLEU(tokenize="none")
+        stats = []
+        for hypothesis, reference in zip(hypotheses, references, strict=True):
+            score = bleu.sentence_score(hypothesis, [reference])
+            stats.append([*score.counts, *score.totals, score.sys_len, score.ref_len])
+        return {"bleu_stats": stats}
+    from rouge_score import rouge_scorer
+
+    names = ["rouge1", "rouge2", "rougeL"]
+    scorer = rouge_scorer.RougeScorer(names, use_stemmer=False)
+    scores = [scorer.score(r, h) for h, r in zip(hypotheses, references, strict=True)]
+    return {f"{name}_f1": [100 * s[name].fmeasure for s in scores] for name in names}
 
 
 def evaluate_classification(cfg, models, task, cpu):
@@ -181,15 +217,26 @@ def evaluate_classification(cfg, models, task, cpu):
     start = time.perf_counter()
     predictions = task.predict(model, cfg.task.eval.split)
     seconds = time.perf_counter() - start
-    correct = sum(p["prediction"] == p["label"] for p in predictions)
-    metrics = {"accuracy": 100 * correct / max(len(predictions), 1)}
+    correct = [int(p["prediction"] == p["label"]) for p in predictions]
     weights = [torch.tensor(p["attention"]) for p in predictions]
-    examples = [
-        {"source": p["premise_tokens"], "target": [p["prediction"]], "attention": [p["attention"]]}
-        for p in predictions[:ATTENTION_EXAMPLES]
-    ]
-    throughput = {"classify_sentences_per_s": len(predictions) / seconds}
-    return metrics, attention_stats(weights), throughput, examples, len(predictions)
+    result = {
+        "metrics": {"accuracy": 100 * sum(correct) / max(len(predictions), 1)},
+        "attention": attention_stats(weights),
+        "throughput": {"classify_sentences_per_s": len(predictions) / seconds},
+        "attention_examples": [
+            {
+                "source": p["premise_tokens"],
+                "target": [p["prediction"]],
+                "attention": [p["attention"]],
+            }
+            for p in predictions[:ATTENTION_EXAMPLES]
+        ],
+        "examples": len(predictions),
+        "per_example": {"predictions": [p["prediction"] for p in predictions], "correct": correct},
+    }
+    if cfg.task.eval.split != "valid":
+        result["valid_metrics"] = {"accuracy": task.accuracy(model, "valid")}
+    return result
 
 
 def result_path(cfg, run_dir):
@@ -207,8 +254,9 @@ def evaluate_run(run_dir, cpu=True, extra=None):
     run_dir = Path(run_dir)
     cfg, models, task = _load(run_dir, cpu)
     evaluate = evaluate_classification if cfg.task.name == "snli" else evaluate_seq2seq
-    metrics, attention, throughput, examples, count = evaluate(cfg, models, task, cpu)
-    throughput.update(extra or _throughput_from_log(run_dir))
+    evaluated = evaluate(cfg, models, task, cpu)
+    evaluated["throughput"].update(extra or _throughput_from_log(run_dir))
+    metrics = evaluated["metrics"]
     result = {
         "task": cfg.task.name,
         "arch": cfg.task.arch,
@@ -218,15 +266,17 @@ def evaluate_run(run_dir, cpu=True, extra=None):
         "profile": cfg.profile.name,
         "profile_note": cfg.profile.note,
         "split": cfg.task.eval.split,
-        "examples": count,
+        "examples": evaluated["examples"],
         "metrics": metrics,
-        "attention": attention,
-        "throughput": throughput,
+        "valid_metrics": evaluated.get("valid_metrics", {}),
+        "attention": evaluated["attention"],
+        "throughput": evaluated["throughput"],
         "run_dir": _display_path(run_dir),
         "git": _git_state(),
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "config": OmegaConf.to_container(cfg),
-        "attention_examples": examples,
+        "attention_examples": evaluated["attention_examples"],
+        "per_example": evaluated["per_example"],
     }
     path = result_path(cfg, run_dir)
     write_json_atomic(path, result)

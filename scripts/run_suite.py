@@ -1,0 +1,128 @@
+"""Run a suite of training runs resumably: skip finished runs, continue interrupted
+ones from their last checkpoint, several at once.
+
+    python scripts/run_suite.py configs/suite/reduced.yaml                # everything
+    python scripts/run_suite.py configs/suite/reduced.yaml --only nmt_fr-en_seeds
+    python scripts/run_suite.py configs/suite/reduced.yaml --jobs 2 --threads 1 --dry-run
+
+A suite file (YAML) maps group names to lists of scripts/train.py command lines in
+Hydra's sweep syntax (``task=nmt mapping=softmax,sparsemax seed=1,2,3`` is six runs). A run is finished when its result file (<results_dir>/runs/<run name>.json)
+exists; anything else is started with scripts/train.py, which resumes from the run
+directory's last checkpoint. Each run's output goes to <run dir>/driver.log; the driver
+prints one line per run started or ended, and where its results went.
+"""
+
+import argparse
+import datetime
+import itertools
+import os
+import shlex
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import logging
+
+import yaml
+from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from tasks import evaluation  # noqa: E402  (registers the mapping_tag resolver)
+
+logging.getLogger("hydra").setLevel(logging.INFO)  # no DEBUG line per composed config
+
+
+def expand(overrides):
+    """Hydra sweep overrides -> one list of plain overrides per run (the grid, in
+    order: the last key varies fastest)."""
+    parser = OverridesParser.create()
+    choices = []
+    for override in parser.parse_overrides(overrides):
+        key = override.get_key_element()
+        values = override.sweep_string_iterator() if override.is_sweep_override() else None
+        values = list(values) if values is not None else [override.get_value_element_as_str()]
+        choices.append([f"{key}={value}" for value in values])
+    return [list(run) for run in itertools.product(*choices)]
+
+
+def load_suite(path, only=None):
+    """(group, overrides) for every run of the suite file, in file order."""
+    suite = yaml.safe_load(Path(path).read_text())
+    if not isinstance(suite, dict) or not suite:
+        sys.exit(f"error: {path} must map group names to lists of train.py command lines")
+    unknown = sorted(set(only or ()) - set(suite))
+    if unknown:
+        sys.exit(f"error: --only {', '.join(unknown)}: not in {path} (groups: {', '.join(suite)})")
+    runs = []
+    for group, overrides in suite.items():
+        if only and group not in only:
+            continue
+        for line in overrides:
+            runs += [(group, run) for run in expand(shlex.split(str(line)))]
+    return runs
+
+
+def run_paths(overrides):
+    """The run directory and result file that train.py would use for ``overrides``."""
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        cfg = compose("main", overrides=overrides)
+    run_dir = REPO / cfg.runs_dir / cfg.run_name
+    return run_dir, evaluation.result_path(cfg, run_dir)
+
+
+def _now():
+    return datetime.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def train_one(overrides, run_dir, result, threads):
+    """Train and evaluate one run in a subprocess with ``threads`` threads."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), NUMBA_NUM_THREADS=str(threads))
+    command = [sys.executable, str(REPO / "scripts" / "train.py"), *overrides]
+    start = time.monotonic()
+    print(f"{_now()} start  {' '.join(overrides)}  (log: {run_dir / 'driver.log'})", flush=True)
+    with open(run_dir / "driver.log", "a") as log:
+        code = subprocess.run(command, cwd=REPO, env=env, stdout=log, stderr=log).returncode
+    minutes = (time.monotonic() - start) / 60
+    status = f"done, results in {result}" if code == 0 and result.is_file() else f"FAILED ({code})"
+    print(f"{_now()} end    {' '.join(overrides)}  {minutes:.1f} min: {status}", flush=True)
+    return code == 0
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("suite", type=Path, help="a suite file, e.g. configs/suite/reduced.yaml")
+    parser.add_argument("--only", nargs="+", metavar="GROUP", help="run these groups only")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at once (default 1)")
+    parser.add_argument("--threads", type=int, default=2, help="threads per run (default 2)")
+    parser.add_argument("--dry-run", action="store_true", help="list the runs and stop")
+    args = parser.parse_args()
+    if args.jobs < 1 or args.threads < 1:
+        sys.exit(f"error: --jobs {args.jobs} --threads {args.threads}: both must be >= 1")
+
+    todo, finished = [], 0
+    for group, overrides in load_suite(args.suite, args.only):
+        run_dir, result = run_paths(overrides)
+        if result.is_file():
+            finished += 1
+        else:
+            todo.append((overrides, run_dir, result))
+        state = "finished" if result.is_file() else "to run"
+        if args.dry_run:
+            print(f"{state:9} {group}: {' '.join(overrides)}")
+    print(f"{finished} runs finished, {len(todo)} to run ({args.jobs} at once)", flush=True)
+    if args.dry_run or not todo:
+        return
+    with ThreadPoolExecutor(args.jobs) as pool:
+        outcomes = list(pool.map(lambda job: train_one(*job, args.threads), todo))
+    failed = outcomes.count(False)
+    if failed:
+        sys.exit(f"error: {failed} of {len(todo)} runs failed; see their driver.log")
+
+
+if __name__ == "__main__":
+    main()
