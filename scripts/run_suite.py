@@ -1,20 +1,22 @@
 """Run a suite of training runs resumably: skip finished runs, continue interrupted
 ones from their last checkpoint, several at once.
 
-    python scripts/run_suite.py configs/suite/reduced.yaml                # everything
-    python scripts/run_suite.py configs/suite/reduced.yaml --only nmt_fr-en_seeds
-    python scripts/run_suite.py configs/suite/reduced.yaml --jobs 2 --threads 1 --dry-run
+    python scripts/run_suite.py results/reduced/suite.yaml                # everything
+    python scripts/run_suite.py results/reduced/suite.yaml --only nmt_fr-en_seed1
+    python scripts/run_suite.py results/reduced/suite.yaml --jobs 2 --threads 1 --dry-run
 
 A suite file (YAML) maps group names to lists of scripts/train.py command lines in
-Hydra's sweep syntax (``task=nmt mapping=softmax,sparsemax seed=1,2,3`` is six runs). A run is finished when its result file (<results_dir>/runs/<run name>.json)
-exists; anything else is started with scripts/train.py, which resumes from the run
-directory's last checkpoint. Each run's output goes to <run dir>/driver.log; the driver
+Hydra's sweep syntax (``task=nmt mapping=softmax,sparsemax seed=1,2,3`` is six runs).
+A run is finished when its result file (<results_dir>/runs/<run name>.json) exists;
+any other is started with scripts/train.py, which resumes from the run directory's
+last checkpoint. Each run's output goes to <run dir>/driver.log; the driver
 prints one line per run started or ended, and where its results went.
 """
 
 import argparse
 import datetime
 import itertools
+import logging
 import os
 import shlex
 import subprocess
@@ -22,8 +24,6 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-
-import logging
 
 import yaml
 from hydra import compose, initialize_config_dir
@@ -95,7 +95,7 @@ def train_one(overrides, run_dir, result, threads):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("suite", type=Path, help="a suite file, e.g. configs/suite/reduced.yaml")
+    parser.add_argument("suite", type=Path, help="a suite file, e.g. results/reduced/suite.yaml")
     parser.add_argument("--only", nargs="+", metavar="GROUP", help="run these groups only")
     parser.add_argument("--jobs", type=int, default=1, help="runs at once (default 1)")
     parser.add_argument("--threads", type=int, default=2, help="threads per run (default 2)")
