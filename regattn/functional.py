@@ -14,6 +14,7 @@ copied back (softmax runs natively everywhere).
 
 import math
 import numbers
+import os
 
 import numba
 import torch
@@ -30,6 +31,11 @@ _PARALLEL_MIN_NUMEL = 32768
 
 
 def _check_number(name, value, allowed, ok):
+    if isinstance(value, torch.Tensor):
+        raise TypeError(
+            f"{name} must be a Python number ({allowed}); tensors are not accepted, got a "
+            f"tensor of shape {tuple(value.shape)}: pass {name}=float(...) for a fixed value"
+        )
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not ok(float(value)):
         raise ValueError(f"{name} must be {allowed}, got {value!r}")
     return float(value)
@@ -109,46 +115,88 @@ def _from_rows(rows, like, dim):
     return rows.reshape(moved_shape).movedim(-1, dim).to(device=like.device, dtype=like.dtype)
 
 
-def _threads(rows):
-    if rows.numel() < _PARALLEL_MIN_NUMEL:
+def _parallel_chunks(rows):
+    if rows.numel() < _PARALLEL_MIN_NUMEL or not _parallel_allowed:
         return 1
     return min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS, rows.shape[0])
+
+
+# The parallel kernels run on numba's "omp" threading layer when GNU OpenMP is there
+# (it is with the PyPI wheels): it is safe for concurrent calls from several Python
+# threads, which "workqueue" is not, and needs no extra package, which "tbb" does.
+# But GNU OpenMP aborts a forked child of a process that has started its thread
+# pool (multiprocessing and DataLoader workers fork on Linux). So a child forked
+# after a parallel call computes with the serial kernels, which use no OpenMP.
+_parallel_allowed = True
+_parallel_used = False
+
+
+def _after_fork_in_child():
+    global _parallel_allowed
+    if _parallel_used:
+        _parallel_allowed = False
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _run_kernel(kernels, parallel, kind, rows, *args):
+    global _parallel_used
+    chunks = _parallel_chunks(rows)
+    if chunks > 1:
+        _parallel_used = True
+        parallel(kind, chunks, *args)
+    else:
+        kernels[kind](*args, 0, rows.shape[0])
 
 
 # ------------------------------------------------------------- compiled-kernel maps
 
 
 class _CompiledMapping(torch.autograd.Function):
-    """Runs a forward kernel of ``regattn._cpu`` and its backward kernel."""
+    """Runs a forward kernel of ``regattn._cpu`` and its backward kernel.
+
+    The output is a tensor of its own, never a view of what the backward saved, so
+    in-place operations on it (dropout, masked_fill_) work and do not change the
+    gradient."""
 
     @staticmethod
     def forward(ctx, scores, dim, mask, kind, gamma, param):
         rows = _to_rows(scores, dim, mask)
-        out = torch.empty_like(rows)
-        aux_width = rows.shape[1] if kind in _cpu.STRUCTURED else 1
-        aux = torch.empty((rows.shape[0], aux_width), dtype=torch.int32)
-        args = (rows.numpy(), out.numpy(), aux.numpy(), 1.0 / gamma, param)
-        threads = _threads(rows)
-        if threads > 1:
-            _cpu.forward_parallel(kind, threads, *args)
+        out = torch.empty(scores.movedim(dim, -1).shape, dtype=rows.dtype)
+        out_rows = out.view(rows.shape)
+        structured = kind in _cpu.STRUCTURED
+        aux = torch.empty((rows.shape[0], rows.shape[1] if structured else 1), dtype=torch.int32)
+        args = (rows.numpy(), out_rows.numpy(), aux.numpy(), 1.0 / gamma, param)
+        _run_kernel(_cpu.FORWARD, _cpu.forward_parallel, kind, rows, *args)
+        result = out if dim == scores.dim() - 1 else out.movedim(-1, dim)
+        result = result.to(device=scores.device, dtype=scores.dtype)
+        if result._base is not None:
+            result = result.clone()
+        # The structured maps' backward needs only the group ids; the others need y,
+        # and must not see in-place changes to the returned tensor.
+        if structured or not ctx.needs_input_grad[0]:
+            saved_y = torch.empty(0, dtype=rows.dtype)
+        elif result.untyped_storage().data_ptr() == out.untyped_storage().data_ptr():
+            saved_y = out_rows.clone()
         else:
-            _cpu.FORWARD[kind](*args, 0, rows.shape[0])
-        ctx.save_for_backward(out, aux)
+            saved_y = out_rows
+        ctx.save_for_backward(saved_y, aux)
         ctx.dim, ctx.kind, ctx.gamma, ctx.param = dim, kind, gamma, param
-        return _from_rows(out, scores, dim)
+        ctx.structured = structured
+        return result
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_output):
         y, aux = ctx.saved_tensors
-        g = _to_rows(grad_output, ctx.dim).to(y.dtype)
-        grad = torch.empty_like(y)
+        g = _to_rows(grad_output, ctx.dim)
+        if ctx.structured:
+            y = g  # only its shape is used
+        g = g.to(y.dtype)
+        grad = torch.empty_like(g)
         args = (y.numpy(), aux.numpy(), g.numpy(), grad.numpy(), 1.0 / ctx.gamma, ctx.param)
-        threads = _threads(y)
-        if threads > 1:
-            _cpu.backward_parallel(ctx.kind, threads, *args)
-        else:
-            _cpu.BACKWARD[ctx.kind](*args, 0, y.shape[0])
+        _run_kernel(_cpu.BACKWARD, _cpu.backward_parallel, ctx.kind, g, *args)
         return _from_rows(grad, grad_output, ctx.dim), None, None, None, None, None
 
 
@@ -190,7 +238,7 @@ def _all_finite(z):
     return bool((low > -math.inf) & (high < math.inf))  # False for NaN too
 
 
-def softmax(scores, dim=-1, gamma=1.0, mask=None):
+def softmax(scores, dim=-1, *, gamma=1.0, mask=None):
     """softmax(scores / gamma): Omega is the negative entropy.
 
     Unlike ``torch.softmax``, a fully masked row gives zeros (not NaN) and ``+inf``
@@ -209,13 +257,13 @@ def softmax(scores, dim=-1, gamma=1.0, mask=None):
     return _SafeSoftmax.apply(z, dim).to(scores.dtype)
 
 
-def sparsemax(scores, dim=-1, gamma=1.0, mask=None):
+def sparsemax(scores, dim=-1, *, gamma=1.0, mask=None):
     """Euclidean projection of scores / gamma onto the simplex (Martins & Astudillo,
     2016): Omega(y) = 1/2 ||y||^2."""
     return _compiled(scores, dim, mask, gamma, _cpu.SPARSEMAX)
 
 
-def fusedmax(scores, dim=-1, gamma=1.0, lam=0.1, mask=None):
+def fusedmax(scores, dim=-1, *, gamma=1.0, lam=0.1, mask=None):
     """Sparsemax with a total-variation penalty, lam * sum_i |y_{i+1} - y_i|: it
     gives equal weight to contiguous runs of positions (fused groups).
 
@@ -224,11 +272,11 @@ def fusedmax(scores, dim=-1, gamma=1.0, lam=0.1, mask=None):
     """
     lam = check_lam(lam)
     if lam == 0.0:
-        return sparsemax(scores, dim, gamma, mask)
+        return sparsemax(scores, dim, gamma=gamma, mask=mask)
     return _compiled(scores, dim, mask, gamma, _cpu.FUSEDMAX, lam)
 
 
-def oscarmax(scores, dim=-1, gamma=1.0, lam=0.01, mask=None):
+def oscarmax(scores, dim=-1, *, gamma=1.0, lam=0.01, mask=None):
     """Sparsemax with the OSCAR penalty, lam * sum_{i<j} max(|y_i|, |y_j|): it gives
     equal weight to groups of positions that need not be contiguous.
 
@@ -238,19 +286,19 @@ def oscarmax(scores, dim=-1, gamma=1.0, lam=0.01, mask=None):
     """
     lam = check_lam(lam)
     if lam == 0.0:
-        return sparsemax(scores, dim, gamma, mask)
+        return sparsemax(scores, dim, gamma=gamma, mask=mask)
     return _compiled(scores, dim, mask, gamma, _cpu.OSCARMAX, lam)
 
 
-def sq_pnorm_max(scores, dim=-1, gamma=1.0, p=1.5, mask=None):
+def sq_pnorm_max(scores, dim=-1, *, gamma=1.0, p=1.5, mask=None):
     """Omega(y) = 1/2 ||y||_p^2 with p in (1, 2]; p = 2 is sparsemax."""
     p = check_p(p)
     if p == 2.0:
-        return sparsemax(scores, dim, gamma, mask)
+        return sparsemax(scores, dim, gamma=gamma, mask=mask)
     return _compiled(scores, dim, mask, gamma, _cpu.SQ_PNORM_MAX, p)
 
 
-def entmax15(scores, dim=-1, gamma=1.0, mask=None):
+def entmax15(scores, dim=-1, *, gamma=1.0, mask=None):
     """1.5-entmax of scores / gamma (Peters et al., 2019): Omega is the Tsallis
     1.5-entropy. Sparse like sparsemax, smoother like softmax."""
     return _compiled(scores, dim, mask, gamma, _cpu.ENTMAX15)
