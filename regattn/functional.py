@@ -80,16 +80,22 @@ def _check_mask(mask, scores):
     if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
         kind = mask.dtype if isinstance(mask, torch.Tensor) else type(mask).__name__
         raise TypeError(f"mask must be a bool tensor (True = take part), got {kind}")
-    try:
-        broadcast = torch.broadcast_shapes(mask.shape, scores.shape)
+    if mask.device != scores.device:
+        raise ValueError(
+            f"mask is on {mask.device} but scores are on {scores.device}: put both on the "
+            "same device"
+        )
+    if mask.shape == scores.shape:
+        return mask
+    try:  # expand applies the broadcasting rules to a target shape, and is cheap
+        if mask.dim() > scores.dim():
+            raise RuntimeError
+        return mask.expand(scores.shape)
     except RuntimeError:
-        broadcast = None
-    if broadcast != scores.shape:
         raise ValueError(
             f"mask of shape {tuple(mask.shape)} does not broadcast to scores of shape "
             f"{tuple(scores.shape)}"
-        )
-    return mask.to(scores.device).expand(scores.shape)
+        ) from None
 
 
 # --------------------------------------------------------------------------- layout
@@ -99,20 +105,35 @@ def _compute_dtype(dtype):
     return torch.float32 if dtype in _HALF_TYPES else dtype
 
 
+_NEG_INF = {dtype: torch.tensor(-math.inf, dtype=dtype) for dtype in (torch.float32, torch.float64)}
+
+
 def _to_rows(tensor, dim, mask=None):
     """``tensor`` as a C-contiguous CPU (rows, d) tensor with ``dim`` last; masked
-    positions become -inf."""
-    moved = tensor.movedim(dim, -1)
-    if mask is not None:
-        moved = moved.masked_fill(~mask.movedim(dim, -1), -math.inf)
-    d = moved.shape[-1]
-    rows = moved.reshape(math.prod(moved.shape[:-1]), d)
-    return rows.to(device="cpu", dtype=_compute_dtype(tensor.dtype)).contiguous()
+    positions become -inf. (Decoder steps call this with a few thousand scores,
+    where every extra tensor operation shows: one pass writes the rows.)"""
+    if tensor.device.type != "cpu":
+        tensor = tensor.cpu()
+        mask = None if mask is None else mask.cpu()
+    if dim != tensor.dim() - 1:
+        tensor = tensor.movedim(dim, -1)
+        mask = None if mask is None else mask.movedim(dim, -1)
+    dtype = _compute_dtype(tensor.dtype)
+    if mask is None:
+        return tensor.to(dtype).reshape(-1, tensor.shape[-1]).contiguous()
+    rows = torch.empty(tensor.shape, dtype=dtype)
+    torch.where(mask, tensor, _NEG_INF[dtype], out=rows)
+    return rows.view(-1, tensor.shape[-1])
 
 
 def _from_rows(rows, like, dim):
-    moved_shape = like.movedim(dim, -1).shape
-    return rows.reshape(moved_shape).movedim(-1, dim).to(device=like.device, dtype=like.dtype)
+    if dim != like.dim() - 1:
+        rows = rows.view(like.movedim(dim, -1).shape).movedim(-1, dim)
+    else:
+        rows = rows.view(like.shape)
+    if rows.dtype != like.dtype or rows.device != like.device:
+        rows = rows.to(device=like.device, dtype=like.dtype)
+    return rows
 
 
 def _parallel_chunks(rows):
@@ -163,24 +184,27 @@ class _CompiledMapping(torch.autograd.Function):
     @staticmethod
     def forward(ctx, scores, dim, mask, kind, gamma, param):
         rows = _to_rows(scores, dim, mask)
-        out = torch.empty(scores.movedim(dim, -1).shape, dtype=rows.dtype)
+        last = dim == scores.dim() - 1
+        shape = list(scores.shape)
+        shape.append(shape.pop(dim))
+        out = torch.empty(shape, dtype=rows.dtype)  # the kernel writes it as rows
         out_rows = out.view(rows.shape)
         structured = kind in _cpu.STRUCTURED
         aux = torch.empty((rows.shape[0], rows.shape[1] if structured else 1), dtype=torch.int32)
         args = (rows.numpy(), out_rows.numpy(), aux.numpy(), 1.0 / gamma, param)
         _run_kernel(_cpu.FORWARD, _cpu.forward_parallel, kind, rows, *args)
-        result = out if dim == scores.dim() - 1 else out.movedim(-1, dim)
-        result = result.to(device=scores.device, dtype=scores.dtype)
-        if result._base is not None:
-            result = result.clone()
+        # The caller gets a tensor of its own, never a view: autograd refuses in-place
+        # operations on views of a Function's outputs.
+        result = out if last else out.movedim(-1, dim).contiguous()
+        if result.dtype != scores.dtype or result.device != scores.device:
+            result = result.to(device=scores.device, dtype=scores.dtype)
+        shares_out = result is out
         # The structured maps' backward needs only the group ids; the others need y,
-        # and must not see in-place changes to the returned tensor.
+        # which must not see in-place changes to the returned tensor.
         if structured or not ctx.needs_input_grad[0]:
-            saved_y = torch.empty(0, dtype=rows.dtype)
-        elif result.untyped_storage().data_ptr() == out.untyped_storage().data_ptr():
-            saved_y = out_rows.clone()
+            saved_y = aux[:0]
         else:
-            saved_y = out_rows
+            saved_y = out_rows.clone() if shares_out else out_rows
         ctx.save_for_backward(saved_y, aux)
         ctx.dim, ctx.kind, ctx.gamma, ctx.param = dim, kind, gamma, param
         ctx.structured = structured
@@ -250,10 +274,15 @@ def softmax(scores, dim=-1, *, gamma=1.0, mask=None):
     z = scores.to(_compute_dtype(scores.dtype))
     if gamma != 1.0:
         z = z / gamma
-    if mask is None and _all_finite(z):
-        return torch.softmax(z, dim).to(scores.dtype)  # the common case, at full speed
-    if mask is not None:
-        z = z.masked_fill(~mask, -math.inf)
+    if mask is None:
+        if _all_finite(z):
+            return torch.softmax(z, dim).to(scores.dtype)  # the common case, at full speed
+        return _SafeSoftmax.apply(z, dim).to(scores.dtype)
+    z = z.where(mask, -math.inf)
+    y = torch.softmax(z, dim)
+    # NaN in y: a fully masked row, a +inf score or a NaN score; rare, so recompute.
+    if not math.isnan(y.detach().sum()):
+        return y.to(scores.dtype)
     return _SafeSoftmax.apply(z, dim).to(scores.dtype)
 
 

@@ -1,5 +1,10 @@
 """Benchmark the regattn mappings against torch.softmax on the CPU.
 
+Three parts: the five row shapes of DESIGN.md section 7 (ratios to torch.softmax);
+decoder-step shapes with a padding mask, where a call is overhead-bound (ratios to
+torch.softmax after masked_fill); and adversarial rows (ramps, sines, nearly equal
+scores) at d = 1e3, 1e4, 1e5, in ns per score beside random rows.
+
 For each shape (rows x d, float32, randn scores with seed 0) and each implementation
 (torch.softmax as the baseline, every mapping in ``regattn.MAPPINGS``, and
 ``entmax.sparsemax`` as an outside reference) this measures the forward time and the
@@ -22,6 +27,7 @@ import datetime
 import gc
 import importlib.metadata
 import json
+import math
 import os
 import platform
 import shlex
@@ -105,31 +111,30 @@ def calls_per_block(call, block_s):
     return max(1, round(n * block_s / elapsed))
 
 
-def bench_shape(shape, impls, blocks, block_s):
-    """Per-call times (ms) and ratios to the baseline for every implementation and
-    mode of one shape."""
-    scores = torch.randn(shape, generator=torch.Generator().manual_seed(0))
-    grad_out = torch.randn(shape, generator=torch.Generator().manual_seed(1))
-    cases = {}
-    for name, (_, function) in impls.items():
-        for mode in MODES:
-            call = make_call(function, mode, scores, grad_out)
-            cases[name, mode] = (call, calls_per_block(call, block_s))
-    per_call_ms = {key: [] for key in cases}
-    keys = list(cases)
+def round_robin(cases, blocks, block_s):
+    """Per-call times (ms), one per block, for every no-argument call in ``cases``;
+    blocks run round-robin over the cases."""
+    sized = {key: (call, calls_per_block(call, block_s)) for key, call in cases.items()}
+    per_call_ms = {key: [] for key in sized}
+    keys = list(sized)
     for block in range(blocks):
         # Rotate the order each block so no implementation always runs first (or
         # always right after the same neighbour).
         shift = block % len(keys)
         for key in keys[shift:] + keys[:shift]:
-            call, n = cases[key]
+            call, n = sized[key]
             per_call_ms[key].append(1e3 * time_loop(call, n) / n)
+    return per_call_ms, {key: n for key, (_, n) in sized.items()}
+
+
+def summarise(per_call_ms, calls, names, baseline):
+    """Median times and ratios to ``baseline`` (same round) for each name and mode."""
     results = {}
-    for name in impls:
+    for name in names:
         entry = {}
         for mode in MODES:
             blocks_ms = per_call_ms[name, mode]
-            baseline_ms = per_call_ms[BASELINE, mode]
+            baseline_ms = per_call_ms[baseline, mode]
             entry[f"{mode}_ms"] = statistics.median(blocks_ms)
             entry[f"{mode}_ms_min"] = min(blocks_ms)
             # The ratio pairs each block with the baseline block of the same round and
@@ -139,8 +144,92 @@ def bench_shape(shape, impls, blocks, block_s):
                 t / base for t, base in zip(blocks_ms, baseline_ms, strict=True)
             )
             entry[f"{mode}_ms_blocks"] = [round(t, 6) for t in blocks_ms]
-            entry[f"{mode}_calls_per_block"] = cases[name, mode][1]
+            entry[f"{mode}_calls_per_block"] = calls[name, mode]
         results[name] = entry
+    return results
+
+
+def bench_shape(shape, impls, blocks, block_s):
+    """Per-call times (ms) and ratios to the baseline for every implementation and
+    mode of one shape."""
+    scores = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    grad_out = torch.randn(shape, generator=torch.Generator().manual_seed(1))
+    cases = {
+        (name, mode): make_call(function, mode, scores, grad_out)
+        for name, (_, function) in impls.items()
+        for mode in MODES
+    }
+    per_call_ms, calls = round_robin(cases, blocks, block_s)
+    return summarise(per_call_ms, calls, impls, BASELINE)
+
+
+# Decoder-step shapes, where a call is overhead-bound: (name, shape, dim). The first
+# is the LSTM's attention over 22 source positions for a batch of 64 (along dim 0,
+# padding mask); the second one step of incremental cross-attention, batch 64 x 8
+# heads x 1 query over 20 keys (last dim, key mask).
+STEP_SHAPES = [("22x64 dim 0", (22, 64), 0), ("64x8x1x20 dim -1", (64, 8, 1, 20), -1)]
+MASKED_BASELINE = "torch.softmax + masked_fill"
+
+
+def step_mask(shape, dim):
+    """A padding mask: each sequence keeps a prefix of its positions along ``dim``."""
+    generator = torch.Generator().manual_seed(2)
+    d = shape[dim]
+    lengths_shape = [1 if i == dim % len(shape) else n for i, n in enumerate(shape)]
+    lengths = torch.randint(d // 4, d + 1, lengths_shape, generator=generator)
+    positions = torch.arange(d).view(
+        [-1 if i == dim % len(shape) else 1 for i in range(len(shape))]
+    )
+    return positions < lengths
+
+
+def bench_step(shape, dim, blocks, block_s):
+    scores = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    grad_out = torch.randn(shape, generator=torch.Generator().manual_seed(1))
+    valid = step_mask(shape, dim)
+    functions = {MASKED_BASELINE: lambda x: torch.softmax(x.masked_fill(~valid, -math.inf), dim)}
+    for name in regattn.MAPPINGS:
+        mapping = regattn.get_mapping(name, **PARAMS.get(name, {}))
+        functions[f"regattn.{name}"] = lambda x, mapping=mapping: mapping(x, dim, mask=valid)
+    cases = {
+        (name, mode): make_call(function, mode, scores, grad_out)
+        for name, function in functions.items()
+        for mode in MODES
+    }
+    per_call_ms, calls = round_robin(cases, blocks, block_s)
+    return summarise(per_call_ms, calls, functions, MASKED_BASELINE)
+
+
+# Rows that are hard for some algorithm: slowly varying rows (the worst case of
+# Condat's TV sweep), nearly equal scores (radix-sort ties) and random rows beside
+# them. Forward time in ns per score, at about 1e5 scores per call.
+ADVERSARIAL_ROWS = {
+    "randn": lambda rows, d, g: torch.randn(rows, d, generator=g),
+    "ramp": lambda rows, d, g: torch.linspace(0, 1, d).expand(rows, d).contiguous(),
+    "sine": lambda rows, d, g: torch.sin(torch.linspace(0, 6, d)).expand(rows, d).contiguous(),
+    "nearly equal": lambda rows, d, g: 1 + 1e-6 * torch.randn(rows, d, generator=g),
+}
+ADVERSARIAL_D = (1000, 10000, 100000)
+
+
+def bench_adversarial(blocks, block_s):
+    results = []
+    for d in ADVERSARIAL_D:
+        rows = max(1, 100_000 // d)
+        for kind, make in ADVERSARIAL_ROWS.items():
+            scores = make(rows, d, torch.Generator().manual_seed(0))
+            cases = {}
+            for name in regattn.MAPPINGS:
+                if name == "softmax":
+                    continue
+                mapping = regattn.get_mapping(name, **PARAMS.get(name, {}))
+                cases[name] = lambda mapping=mapping, scores=scores: mapping(scores)
+            per_call_ms, _ = round_robin(cases, blocks, block_s)
+            for name, blocks_ms in per_call_ms.items():
+                ns = 1e6 * statistics.median(blocks_ms) / scores.numel()
+                results.append({"d": d, "rows": rows, "kind": kind, "mapping": name,
+                                "fwd_ns_per_score": ns})  # fmt: skip
+        print(f"adversarial d={d}: done", file=sys.stderr)
     return results
 
 
@@ -242,13 +331,65 @@ def markdown(report, impls):
         f"~{report['settings']['block_ms']:g} ms each, run round-robin over the implementations; "
         f"ratio = median over rounds of (block time / {BASELINE} block time of the same "
         f"round). Command: `{report['command']}`",
+        *([f"Note: {report['note']}"] if report.get("note") else []),
         "",
         *table("fwdbwd", "Forward+backward, ratio to torch.softmax forward+backward"),
         "",
         *table("fwd", "Forward, ratio to torch.softmax forward"),
         "",
+        *step_table(report),
+        *adversarial_table(report),
     ]
     return "\n".join(lines)
+
+
+def step_table(report):
+    if not report.get("steps"):
+        return []
+    steps = report["steps"]
+    header = (
+        "| implementation | "
+        + " | ".join(f"{step['shape']} fwd+bwd | fwd" for step in steps)
+        + " |"
+    )
+    lines = [
+        f"**Decoder-step shapes, with a padding mask: ratio to {MASKED_BASELINE}**",
+        "",
+        header,
+        "|---|" + "---:|---:|" * len(steps),
+    ]
+    base = [step["implementations"][MASKED_BASELINE] for step in steps]
+    cells = [f"{b['fwdbwd_ms'] * 1e3:.1f} µs | {b['fwd_ms'] * 1e3:.1f} µs" for b in base]
+    lines.append(f"| {MASKED_BASELINE} (time) | " + " | ".join(cells) + " |")
+    for name in steps[0]["implementations"]:
+        if name == MASKED_BASELINE:
+            continue
+        cells = [
+            f"{fmt_ratio(step['implementations'][name]['fwdbwd_ratio'])} | "
+            f"{fmt_ratio(step['implementations'][name]['fwd_ratio'])}"
+            for step in steps
+        ]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
+def adversarial_table(report):
+    if not report.get("adversarial"):
+        return []
+    rows = report["adversarial"]
+    ds = sorted({r["d"] for r in rows})
+    lines = [
+        "**Adversarial rows: forward ns per score (one call of about 1e5 scores)**",
+        "",
+        "| mapping | rows | " + " | ".join(f"d = {d:g}" for d in ds) + " |",
+        "|---|---|" + "---:|" * len(ds),
+    ]
+    by_key = {(r["mapping"], r["kind"], r["d"]): r["fwd_ns_per_score"] for r in rows}
+    for name in dict.fromkeys(r["mapping"] for r in rows):
+        for kind in ADVERSARIAL_ROWS:
+            cells = [f"{by_key[name, kind, d]:.1f}" for d in ds if (name, kind, d) in by_key]
+            lines.append(f"| {name} | {kind} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
 
 
 def write_atomic(path, text):
@@ -272,6 +413,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
     parser.add_argument("--blocks", type=int, default=None, help="timed blocks per case (21)")
+    parser.add_argument(
+        "--note", default="", help="a line for the report, e.g. what else ran on the machine"
+    )
     parser.add_argument("--block-ms", type=float, default=None, help="length of a block in ms (20)")
     parser.add_argument("--shapes", type=parse_shapes, default=None, help="e.g. 1024x16,64x1024")
     parser.add_argument(
@@ -301,6 +445,7 @@ def main():
         "numba_num_threads": numba.config.NUMBA_NUM_THREADS,
         "machine": machine_info(),
         "git": git_state(),
+        "note": args.note,
         "settings": {
             "quick": args.quick,
             "blocks": blocks,
@@ -326,6 +471,14 @@ def main():
             }
         )
         print(f"{shape_name(shape)}: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    report["steps"] = [
+        {"shape": name, "dims": list(shape), "dim": dim,
+         "implementations": bench_step(shape, dim, blocks, block_ms / 1e3)}
+        for name, shape, dim in STEP_SHAPES
+    ]  # fmt: skip
+    print("decoder-step shapes: done", file=sys.stderr)
+    if not args.quick:
+        report["adversarial"] = bench_adversarial(max(3, blocks // 4), block_ms / 1e3)
     report["elapsed_s"] = round(time.perf_counter() - started, 1)
 
     args.out.mkdir(parents=True, exist_ok=True)
