@@ -147,7 +147,7 @@ def fairseq_config(cfg, run_dir, cpu):
         "task": {**OmegaConf.to_container(task.fairseq, resolve=True), "data": str(task.data)},
         "model": {**model, **attention_options(cfg.mapping)},
         "criterion": OmegaConf.to_container(task.criterion, resolve=True),
-        "optimizer": OmegaConf.to_container(optim.optimizer, resolve=True),
+        "optimizer": optimizer_config(optim),
         "lr_scheduler": OmegaConf.to_container(optim.lr_scheduler, resolve=True),
         "optimization": {
             "lr": [optim.lr],
@@ -167,6 +167,29 @@ def fairseq_config(cfg, run_dir, cpu):
     utils.import_user_module(fs_cfg.common)
     add_defaults(fs_cfg)
     return fs_cfg
+
+
+def optimizer_config(optim):
+    """The fairseq optimizer node. Dataclass optimizers (adam) fill their own options
+    from the shared optimisation settings; legacy ones (sgd, the paper's) read ``lr``
+    and their argparse options from this node, so it gets them: the argparse defaults,
+    then the config's values, then the learning rate."""
+    import argparse
+
+    from fairseq.optim import OPTIMIZER_DATACLASS_REGISTRY, OPTIMIZER_REGISTRY
+
+    node = OmegaConf.to_container(optim.optimizer, resolve=True)
+    name = node["_name"]
+    if name not in OPTIMIZER_REGISTRY:
+        raise PipelineError(
+            f"task.optim.optimizer._name={name!r} is not a fairseq optimizer; choose one of "
+            f"{', '.join(sorted(OPTIMIZER_REGISTRY))}"
+        )
+    if OPTIMIZER_DATACLASS_REGISTRY.get(name) is not None:
+        return node
+    parser = argparse.ArgumentParser(add_help=False)
+    OPTIMIZER_REGISTRY[name].add_args(parser)
+    return {**vars(parser.parse_args([])), **node, "lr": [optim.lr]}
 
 
 def reset_fairseq_state():
