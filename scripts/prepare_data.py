@@ -14,10 +14,14 @@ Output layout in --dest (the contract tasks/ and scripts/ rely on):
   tokenized tok/ files.
 * summarization: the same with src=article, tgt=title (Rush et al. Gigaword: already
   lower-cased and tokenized, digits as #; its UNK / <unk> become fairseq's <unk>). Without
-  a test set (the sample) test is a copy of valid: the "Gigaword valid-1k sample".
+  a test set (the sample) the valid pairs are the test split (the "Gigaword valid-1k
+  sample") and the validation split is cut from the end of train (--valid-from-train,
+  default 1000 or a tenth of train), so checkpoints are never chosen on test pairs.
 * snli: dict.txt (one dictionary for premise and hypothesis), {split}.premise.{bin,idx},
   {split}.hypothesis.{bin,idx}, {split}.label (entailment|neutral|contradiction per line);
-  dev is valid; pairs without a gold label ("-") are dropped. Tokenizer: lower-case, then
+  dev is valid; pairs without a gold label ("-") are dropped. --dev-into-train K
+  moves all but the first K dev pairs into train (a larger-train variant; the first K
+  stay the validation split, test is untouched). Tokenizer: lower-case, then
   the regex \\w+|[^\\w\\s] (runs of word characters; every other non-space character is a
   token of its own).
 * all: text/{valid,test}.{side} (the word-level text that was binarized, line by line:
@@ -172,6 +176,48 @@ def write_text(inputs, args, stage):
     return sizes
 
 
+def move_lines(stage, sides, source, target, keep, append):
+    """Move the lines of stage/{source}.{side} after the first ``keep`` to
+    stage/{target}.{side}, for every side at once (the files stay aligned): appended
+    to target, or replacing it."""
+    for side in sides:
+        lines = (stage / f"{source}.{side}").read_text(encoding="utf-8").splitlines(True)
+        (stage / f"{source}.{side}").write_text("".join(lines[:keep]), encoding="utf-8")
+        mode = "a" if append else "w"
+        with open(stage / f"{target}.{side}", mode, encoding="utf-8") as out:
+            out.writelines(lines[keep:])
+
+
+def resplit(args, stage, sizes, test_is_valid):
+    """The split changes asked for (or implied: a test set that is a copy of valid
+    gets its own validation split from train); returns the new sizes."""
+    sides = (*args.sides, "label") if args.task == "snli" else args.sides
+    sizes = dict(sizes)
+    if args.task == "summarization" and test_is_valid:
+        count = args.valid_from_train
+        if count is None:
+            count = min(1000, sizes["train"] // 10)
+        if not 0 < count < sizes["train"]:
+            raise SystemExit(
+                f"error: --valid-from-train {count}: must be between 1 and the "
+                f"{sizes['train'] - 1} training pairs less one"
+            )
+        move_lines(stage, sides, "train", "valid", sizes["train"] - count, append=False)
+        sizes["train"] -= count
+        sizes["valid"] = count
+    if args.dev_into_train is not None:
+        keep = args.dev_into_train
+        if not 0 < keep < sizes["valid"]:
+            raise SystemExit(
+                f"error: --dev-into-train {keep}: must keep between 1 and {sizes['valid'] - 1} "
+                "dev pairs for validation"
+            )
+        move_lines(stage, sides, "valid", "train", keep, append=True)
+        sizes["train"] += sizes["valid"] - keep
+        sizes["valid"] = keep
+    return sizes
+
+
 def spm_encode(processor, line):
     # <unk> must stay one token (fairseq's unk): sentencepiece would spell it out.
     segments = processor.encode([part.strip() for part in line.split(UNK)], out_type=str)
@@ -251,6 +297,10 @@ def binarize(args, text, work):
 def settings_of(args, inputs):
     """What decides the output: compared with an existing --dest's meta.json."""
     settings = {"task": args.task, "vocab": args.vocab, "sides": list(args.sides)}
+    if args.valid_from_train is not None:
+        settings["valid_from_train"] = args.valid_from_train
+    if args.dev_into_train is not None:
+        settings["dev_into_train"] = args.dev_into_train
     if args.vocab == "word":
         settings.update(max_vocab=args.max_vocab, min_freq=args.min_freq)
     else:
@@ -300,7 +350,7 @@ def check_dest(dest, settings, force):
 def prepare(args, inputs, test_is_valid, settings, work):
     stage = work / "stage"
     stage.mkdir()
-    sizes = write_text(inputs, args, stage)
+    sizes = resplit(args, stage, write_text(inputs, args, stage), test_is_valid)
     text = stage
     if args.vocab == "spm":
         text = work / "spm_text"
@@ -349,9 +399,10 @@ def prepare(args, inputs, test_is_valid, settings, work):
         meta["langs"] = {"src": "article", "tgt": "title"}
         meta["test_is_valid"] = test_is_valid
         if test_is_valid:
-            count = sizes["valid"]
+            count = sizes["test"]
             count = f"{count // 1000}k" if count % 1000 == 0 else count
             meta["test_name"] = f"Gigaword valid-{count} sample"
+            meta["valid_name"] = f"the last {sizes['valid']} pairs of the training file"
     else:
         meta["labels"] = list(LABELS)
         meta["tokenizer"] = f"lower-case, then the tokens of the regex {SNLI_TOKEN.pattern}"
@@ -397,6 +448,20 @@ def parse_args(argv):
         help="word vocab: words seen fewer than N times in training become <unk> (default 1)",
     )
     parser.add_argument("--spm-vocab-size", type=int, default=8000, help="default 8000")
+    parser.add_argument(
+        "--valid-from-train",
+        type=int,
+        metavar="N",
+        help="summarization without a test set: the last N training pairs become the "
+        "validation split (default min(1000, train / 10)); the valid pairs are the test",
+    )
+    parser.add_argument(
+        "--dev-into-train",
+        type=int,
+        metavar="K",
+        help="snli: keep the first K dev pairs as the validation split and add the rest "
+        "to train (test untouched)",
+    )
     parser.add_argument("--workers", type=int, default=1, help="processes (default 1)")
     parser.add_argument(
         "--force", action="store_true", help="replace a --dest prepared differently"
@@ -404,6 +469,10 @@ def parse_args(argv):
     args = parser.parse_args(argv)
     if args.task != "nmt" and (args.src or args.tgt):
         parser.error("--src/--tgt apply to --task nmt only")
+    if args.valid_from_train is not None and args.task != "summarization":
+        parser.error("--valid-from-train applies to --task summarization only")
+    if args.dev_into_train is not None and args.task != "snli":
+        parser.error("--dev-into-train applies to --task snli only")
     if args.task == "nmt":
         args.src, args.tgt = args.src or "fr", args.tgt or "en"
         if args.src == args.tgt:
@@ -454,7 +523,10 @@ def main(argv=None):
         f"examples; dictionaries {meta['dict_sizes']}; written to {args.dest}"
     )
     if test_is_valid:
-        print(f"note: no test set in {args.raw}: test is a copy of valid ({meta['test_name']})")
+        print(
+            f"note: no test set in {args.raw}: the valid pairs are the test split "
+            f"({meta['test_name']}); validation is {meta['valid_name']}"
+        )
 
 
 if __name__ == "__main__":

@@ -87,20 +87,28 @@ def test_nmt_layout_loads_in_fairseq_and_keeps_the_text(prepared):
     assert valid[:2] == first_lines(SAMPLES / "multi30k/tok/val.lc.norm.tok.en.gz", 2)
 
 
-def test_summarization_layout_maps_unk_and_tests_on_valid(prepared):
+def test_summarization_layout_maps_unk_and_selects_on_pairs_disjoint_from_test(prepared):
     dest = prepared / "summarization"
     meta = json.loads((dest / "meta.json").read_text())
     assert meta["langs"] == {"src": "article", "tgt": "title"}
-    assert meta["sizes"] == {"train": 3000, "valid": 300, "test": 300}
+    # No test set in the sample: the valid pairs are the test split, and validation is
+    # the last tenth of the training file (at most 1000 pairs), not the test pairs.
+    assert meta["sizes"] == {"train": 2700, "valid": 300, "test": 300}
     assert meta["test_is_valid"] and meta["test_name"] == "Gigaword valid-300 sample"
     dicts = check_translation_layout(dest, "article", "title", meta["sizes"])
-    for ext in ("bin", "idx"):
-        for side in ("article", "title"):
-            test = (dest / f"test.article-title.{side}.{ext}").read_bytes()
-            assert test == (dest / f"valid.article-title.{side}.{ext}").read_bytes()
+    titles = first_lines(SAMPLES / "gigaword_sample/train.title.txt.gz", 3000)
+    valid = (dest / "text/valid.title").read_text().splitlines()
+    test = (dest / "text/test.title").read_text().splitlines()
+    assert valid == [pd.clean(t) for t in titles[2700:]]
+    assert test == [pd.clean(t) for t in first_lines(
+        SAMPLES / "gigaword_sample/valid.title.filter.txt.gz", 300)]  # fmt: skip
+    assert not set(valid) & set(test)
+    train = load(dest / "train.article-title.title", dicts["title"])
+    assert len(train) == 2700
     # The Rush et al. <unk> is fairseq's unk, not a word of the dictionary.
     articles = first_lines(SAMPLES / "gigaword_sample/train.article.txt.gz", 3000)
     line = next(i for i, text in enumerate(articles) if "<unk>" in text.split())
+    assert line < 2700, "the sample's first <unk> article is no longer in train"
     ids = load(dest / "train.article-title.article", dicts["article"])[line]
     assert (ids == dicts["article"].unk()).sum() == articles[line].split().count("<unk>")
     assert "<unk>" not in (dest / "dict.article.txt").read_text().split()
@@ -124,6 +132,28 @@ def test_snli_layout_labels_and_shared_dictionary(prepared):
     hypothesis = load(dest / "train.hypothesis", dictionary)[0]
     assert dictionary.string(hypothesis) == pd.snli_tokenize(first["sentence2"])
     assert (dest / "train.label").read_text().splitlines()[0] == first["gold_label"]
+
+
+def test_snli_dev_into_train_keeps_a_validation_slice_and_the_test(tmp_path):
+    dest = tmp_path / "snli_dev"
+    pd.main(
+        ["--task", "snli", "--raw", str(SAMPLES), "--dest", str(dest), "--dev-into-train", "90"]
+    )  # noqa: E501
+    meta = json.loads((dest / "meta.json").read_text())
+    # 1999 train pairs plus the 490 - 90 dev pairs after the first 90; test untouched.
+    assert meta["sizes"] == {"train": 2399, "valid": 90, "test": 495}
+    assert meta["settings"]["dev_into_train"] == 90
+    assert len((dest / "train.label").read_text().splitlines()) == 2399
+    assert len((dest / "valid.label").read_text().splitlines()) == 90
+
+
+def test_resplit_options_are_checked(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        pd.main(["--task", "nmt", "--raw", str(SAMPLES), "--dev-into-train", "5"])
+    assert "--dev-into-train applies to --task snli only" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="--dev-into-train 5000: must keep between 1 and 489"):
+        pd.main(["--task", "snli", "--raw", str(SAMPLES), "--dest", str(tmp_path / "a"),
+                 "--dev-into-train", "5000"])  # fmt: skip
 
 
 def test_snli_tokenizer():
@@ -232,5 +262,5 @@ def test_spm_vocabulary(tmp_path):
     unk = next(i for i, title in enumerate(titles) if "<unk>" in title.split())
     assert (ids[unk] == dicts["title"].unk()).sum() == titles[unk].split().count("<unk>")
     # text/ keeps the word-level references.
-    valid = (dest / "text/valid.title").read_text().splitlines()
-    assert valid[:3] == first_lines(SAMPLES / "gigaword_sample/valid.title.filter.txt.gz", 3)
+    test = (dest / "text/test.title").read_text().splitlines()
+    assert test[:3] == first_lines(SAMPLES / "gigaword_sample/valid.title.filter.txt.gz", 3)
