@@ -71,7 +71,7 @@ def run_paths(overrides):
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
         cfg = compose("main", overrides=overrides)
     run_dir = REPO / cfg.runs_dir / cfg.run_name
-    return run_dir, evaluation.result_path(cfg, run_dir)
+    return run_dir, REPO / evaluation.result_path(cfg, run_dir)
 
 
 def _now():

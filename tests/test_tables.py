@@ -1,0 +1,129 @@
+"""scripts/make_tables.py on synthetic run files: grouping, the paired significance
+test, missing runs and --check."""
+
+import copy
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from scripts import make_tables  # noqa: E402
+
+N = 400  # test examples
+
+
+def run_file(mapping, seed, correct, task="snli", commit="abc1234"):
+    """A run result as tasks/evaluation.py writes it, for SNLI accuracy."""
+    accuracy = 100 * float(np.mean(correct))
+    config = {"task": {"name": task}, "mapping": mapping, "seed": seed, "model": {"name": "tiny"}}
+    return {
+        "task": task, "arch": "snli_attn", "model": "tiny", "mapping": mapping, "seed": seed,
+        "profile": "test", "profile_note": "synthetic runs", "split": "test", "examples": N,
+        "metrics": {"accuracy": accuracy}, "valid_metrics": {"accuracy": accuracy - 1},
+        "attention": {"mean_support": 3.0, "mean_fused_runs": 2.0, "zero_share": 0.5},
+        "throughput": {}, "git": {"commit": commit + "0" * 33, "dirty": False},
+        "config": config, "per_example": {"correct": [int(c) for c in correct]},
+    }  # fmt: skip
+
+
+def write_runs(results, runs):
+    for run in runs:
+        name = f"{run['task']}/{run['mapping']['name']}/{run['mapping'].get('lam', '')}"
+        path = results / "runs" / name / f"seed{run['seed']}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(run))
+
+
+def correctness(rng, accuracy):
+    return rng.random(N) < accuracy
+
+
+@pytest.fixture
+def results(tmp_path):
+    rng = np.random.default_rng(0)
+    runs = []
+    for seed in (1, 2, 3):
+        base = correctness(rng, 0.6)
+        runs.append(run_file({"name": "softmax", "gamma": 1.0}, seed, base))
+        # sparsemax: the same predictions as softmax but 2 examples of 400
+        same = base.copy()
+        same[:2] = ~same[:2]
+        runs.append(run_file({"name": "sparsemax", "gamma": 1.0}, seed, same))
+        # fusedmax: right on 40 % of the examples softmax gets wrong
+        better = base | (rng.random(N) < 0.4)
+        runs.append(run_file({"name": "fusedmax", "gamma": 1.0, "lam": 0.1}, seed, better))
+    write_runs(tmp_path, runs)
+    return tmp_path
+
+
+def rows(text):
+    return {line.split(" | ")[1]: line for line in text.splitlines() if line.startswith("| snli")}
+
+
+def test_paired_bootstrap_separates_a_real_gain_from_noise(results):
+    table = rows(make_tables.make_tables(results))
+    assert set(table) == {"softmax", "sparsemax", "fusedmax (lam=0.1)"}
+    better = table["fusedmax (lam=0.1)"]
+    assert "(p = 0.000) *" in better and "| 3 |" in better
+    noise = table["sparsemax"]
+    p = float(noise.split("(p = ")[1].split(")")[0])
+    assert p > 0.05 and "*" not in noise.split("(p =")[1].split("|")[0]
+    assert "81.66" in table["softmax"] and "82.41" in better  # the paper's, unverified
+
+
+def test_identical_systems_have_p_one():
+    rng = np.random.default_rng(1)
+    runs = [run_file({"name": m, "gamma": 1.0}, 1, correctness(rng, 0.5)) for m in ("softmax",)]
+    twin = copy.deepcopy(runs[0])
+    twin["mapping"] = twin["config"]["mapping"] = {"name": "sparsemax", "gamma": 1.0}
+    delta, p = make_tables.paired_bootstrap("accuracy", [twin], runs)
+    assert delta == 0 and p == 1.0
+
+
+def test_bleu_bootstrap_uses_the_sufficient_statistics():
+    import sacrebleu
+
+    hypotheses = ["a cat sat on the mat", "the dog ran", "hello there world"]
+    references = ["a cat sat on a mat", "the dog ran away", "hello world"]
+    bleu = sacrebleu.metrics.BLEU(tokenize="none")
+    stats = []
+    for h, r in zip(hypotheses, references, strict=True):
+        s = bleu.sentence_score(h, [r])
+        stats.append([*s.counts, *s.totals, s.sys_len, s.ref_len])
+    corpus = bleu.corpus_score(hypotheses, [references]).score
+    assert make_tables.corpus_value("bleu", np.asarray(stats, float)) == pytest.approx(corpus)
+
+
+def test_settings_and_commits_are_never_mixed_silently(results):
+    extra = run_file({"name": "softmax", "gamma": 1.0}, 4, np.ones(N, bool), commit="def5678")
+    extra["config"]["task"]["optim"] = {"lr": 0.5}  # another setting: another row
+    write_runs(results, [extra])
+    text = make_tables.make_tables(results)
+    softmax_rows = [
+        line for line in text.splitlines() if line.startswith("| snli_attn (tiny) | softmax |")
+    ]
+    assert len(softmax_rows) == 2
+    assert any("def5678" in row and "| 1 |" in row for row in softmax_rows)
+
+
+def test_check_fails_on_a_stale_table_and_passes_after_regeneration(results):
+    script = [sys.executable, str(REPO / "scripts" / "make_tables.py"), str(results)]
+    subprocess.run(script, check=True, capture_output=True)
+    assert subprocess.run([*script, "--check"], capture_output=True).returncode == 0
+    table = results / "table.md"
+    table.write_text(table.read_text().replace("softmax", "softmax (edited)", 1))
+    stale = subprocess.run([*script, "--check"], capture_output=True, text=True)
+    assert stale.returncode != 0 and "not what the run files give" in stale.stderr
+
+
+def test_missing_suite_runs_are_named(results):
+    line = f"task=snli profile=reduced results_dir={results} mapping=entmax15 seed=1,2"
+    (results / "suite.yaml").write_text(f"snli_more:\n  - {line}\n")
+    text = make_tables.make_tables(results)
+    assert "## Runs not finished (2)" in text
+    assert f"- `task=snli profile=reduced results_dir={results} mapping=entmax15 seed=2`" in text
