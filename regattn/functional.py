@@ -174,60 +174,81 @@ def _run_kernel(kernels, parallel, kind, rows, *args):
 # ------------------------------------------------------------- compiled-kernel maps
 
 
-class _CompiledMapping(torch.autograd.Function):
-    """Runs a forward kernel of ``regattn._cpu`` and its backward kernel.
+def kernel_forward(scores, dim, mask, kind, gamma, param, keep_y):
+    """Run a forward kernel of ``regattn._cpu``: returns the output (a tensor of its
+    own, never a view: autograd refuses in-place operations on views of a Function's
+    outputs), what the backward needs of y (empty unless ``keep_y``; the structured
+    maps need only their group ids) and the kernel's aux array."""
+    rows = _to_rows(scores, dim, mask)
+    shape = list(scores.shape)
+    shape.append(shape.pop(dim))
+    out = torch.empty(shape, dtype=rows.dtype)  # the kernel writes it as rows
+    out_rows = out.view(rows.shape)
+    structured = kind in _cpu.STRUCTURED
+    aux = torch.empty((rows.shape[0], rows.shape[1] if structured else 1), dtype=torch.int32)
+    args = (rows.numpy(), out_rows.numpy(), aux.numpy(), 1.0 / gamma, param)
+    _run_kernel(_cpu.FORWARD, _cpu.forward_parallel, kind, rows, *args)
+    result = out if dim == scores.dim() - 1 else out.movedim(-1, dim).contiguous()
+    if result.dtype != scores.dtype or result.device != scores.device:
+        result = result.to(device=scores.device, dtype=scores.dtype)
+    if structured or not keep_y:
+        saved_y = torch.empty(0, dtype=rows.dtype)
+    else:  # y must not see in-place changes to the returned tensor
+        saved_y = out_rows.clone() if result is out else out_rows
+    return result, saved_y, aux
 
-    The output is a tensor of its own, never a view of what the backward saved, so
-    in-place operations on it (dropout, masked_fill_) work and do not change the
-    gradient."""
+
+def kernel_backward(saved_y, aux, grad_output, dim, kind, gamma, param):
+    """The vector-Jacobian product of ``kernel_forward``'s output with grad_output."""
+    g = _to_rows(grad_output, dim)
+    y = g if kind in _cpu.STRUCTURED else saved_y  # the structured maps use its shape only
+    g = g.to(y.dtype)
+    grad = torch.empty_like(g)
+    args = (y.numpy(), aux.numpy(), g.numpy(), grad.numpy(), 1.0 / gamma, param)
+    _run_kernel(_cpu.BACKWARD, _cpu.backward_parallel, kind, g, *args)
+    return _from_rows(grad, grad_output, dim)
+
+
+class _CompiledMapping(torch.autograd.Function):
+    """The compiled kernels in eager mode: the leanest path through autograd (the
+    torch.library op of ``regattn._ops`` costs tens of microseconds more per call, so
+    it serves only tracing, fake tensors and torch.func transforms)."""
 
     @staticmethod
     def forward(ctx, scores, dim, mask, kind, gamma, param):
-        rows = _to_rows(scores, dim, mask)
-        last = dim == scores.dim() - 1
-        shape = list(scores.shape)
-        shape.append(shape.pop(dim))
-        out = torch.empty(shape, dtype=rows.dtype)  # the kernel writes it as rows
-        out_rows = out.view(rows.shape)
-        structured = kind in _cpu.STRUCTURED
-        aux = torch.empty((rows.shape[0], rows.shape[1] if structured else 1), dtype=torch.int32)
-        args = (rows.numpy(), out_rows.numpy(), aux.numpy(), 1.0 / gamma, param)
-        _run_kernel(_cpu.FORWARD, _cpu.forward_parallel, kind, rows, *args)
-        # The caller gets a tensor of its own, never a view: autograd refuses in-place
-        # operations on views of a Function's outputs.
-        result = out if last else out.movedim(-1, dim).contiguous()
-        if result.dtype != scores.dtype or result.device != scores.device:
-            result = result.to(device=scores.device, dtype=scores.dtype)
-        shares_out = result is out
-        # The structured maps' backward needs only the group ids; the others need y,
-        # which must not see in-place changes to the returned tensor.
-        if structured or not ctx.needs_input_grad[0]:
-            saved_y = aux[:0]
-        else:
-            saved_y = out_rows.clone() if shares_out else out_rows
+        keep_y = ctx.needs_input_grad[0]
+        result, saved_y, aux = kernel_forward(scores, dim, mask, kind, gamma, param, keep_y)
         ctx.save_for_backward(saved_y, aux)
         ctx.dim, ctx.kind, ctx.gamma, ctx.param = dim, kind, gamma, param
-        ctx.structured = structured
         return result
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_output):
-        y, aux = ctx.saved_tensors
-        g = _to_rows(grad_output, ctx.dim)
-        if ctx.structured:
-            y = g  # only its shape is used
-        g = g.to(y.dtype)
-        grad = torch.empty_like(g)
-        args = (y.numpy(), aux.numpy(), g.numpy(), grad.numpy(), 1.0 / ctx.gamma, ctx.param)
-        _run_kernel(_cpu.BACKWARD, _cpu.backward_parallel, ctx.kind, g, *args)
-        return _from_rows(grad, grad_output, ctx.dim), None, None, None, None, None
+        saved_y, aux = ctx.saved_tensors
+        grad = kernel_backward(saved_y, aux, grad_output, ctx.dim, ctx.kind, ctx.gamma, ctx.param)
+        return grad, None, None, None, None, None
+
+
+def _traced(scores):
+    """Whether ``scores`` is being traced or transformed (torch.compile, torch.export,
+    fake or meta tensors, torch.func.vmap / grad), where the registered op must run."""
+    return (
+        torch.compiler.is_compiling()
+        or scores.is_meta
+        or torch._C._functorch.is_functorch_wrapped_tensor(scores)
+        or isinstance(scores, torch._subclasses.FakeTensor)
+    )
 
 
 def _compiled(scores, dim, mask, gamma, kind, param=0.0):
     dim = _check_scores(scores, dim)
     gamma = check_gamma(gamma)
     mask = _check_mask(mask, scores)
+    if _traced(scores):
+        from . import _ops
+
+        return _ops.mapping(scores, dim, mask, kind, gamma, param)[0]
     return _CompiledMapping.apply(scores, dim, mask, kind, gamma, param)
 
 
@@ -262,6 +283,17 @@ def _all_finite(z):
     return bool((low > -math.inf) & (high < math.inf))  # False for NaN too
 
 
+def _traceable_softmax(z, dim, mask):
+    """The same contract as _SafeSoftmax in plain differentiable tensor operations,
+    with no data-dependent branch: what tracing, fake tensors and vmap can follow."""
+    if mask is not None:
+        z = z.where(mask, -math.inf)
+    z = z.clamp(max=torch.finfo(z.dtype).max)  # +inf scores share the mass
+    live = z.amax(dim, keepdim=True) > -math.inf  # rows with a valid position
+    y = torch.softmax(z.where(live, 0.0), dim)  # a fully masked row would be NaN
+    return y.where(live, 0.0)
+
+
 def softmax(scores, dim=-1, *, gamma=1.0, mask=None):
     """softmax(scores / gamma): Omega is the negative entropy.
 
@@ -274,6 +306,8 @@ def softmax(scores, dim=-1, *, gamma=1.0, mask=None):
     z = scores.to(_compute_dtype(scores.dtype))
     if gamma != 1.0:
         z = z / gamma
+    if _traced(scores):
+        return _traceable_softmax(z, dim, mask).to(scores.dtype)
     if mask is None:
         if _all_finite(z):
             return torch.softmax(z, dim).to(scores.dtype)  # the common case, at full speed

@@ -1,0 +1,117 @@
+"""The compiled mappings as PyTorch operators (``torch.library``), for the tools that
+cannot run Python code on real data: torch.compile and torch.export (which see an
+opaque op with a fake kernel for shapes, and its registered autograd formula),
+fake and meta tensors, and torch.func.vmap (a batching rule that folds the vmapped
+dimension into the rows: the maps work row by row).
+
+Two ops, ``regattn::mapping_forward`` and ``regattn::mapping_backward``, both running
+the kernels of ``regattn.functional``. The forward returns the output and what the
+backward needs (the output again where the map's backward uses it, and the kernel's
+int32 group ids or row flags), so the backward is an op too and a compiled graph
+holds both. ``regattn.functional`` calls them only when it is traced or transformed;
+eager calls take the leaner autograd.Function path, with the same kernels.
+"""
+
+import math
+
+import torch
+
+from . import _cpu
+from . import functional as F
+
+
+def _rows_and_width(scores, dim):
+    d = scores.shape[dim]
+    rows = math.prod(scores.shape) // d if d else math.prod(scores.shape[:dim] + scores.shape[dim + 1 :])
+    return rows, d
+
+
+@torch.library.custom_op("regattn::mapping_forward", mutates_args=())
+def mapping_forward(
+    scores: torch.Tensor, dim: int, mask: torch.Tensor | None, kind: int, gamma: float,
+    param: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    return F.kernel_forward(scores, dim, mask, kind, gamma, param, keep_y=True)
+
+
+@mapping_forward.register_fake
+def _(scores, dim, mask, kind, gamma, param):
+    rows, d = _rows_and_width(scores, dim)
+    compute = F._compute_dtype(scores.dtype)
+    structured = kind in _cpu.STRUCTURED
+    saved_y = scores.new_empty((0,) if structured else (rows, d), dtype=compute, device="cpu")
+    aux = scores.new_empty((rows, d if structured else 1), dtype=torch.int32, device="cpu")
+    return torch.empty_like(scores), saved_y, aux
+
+
+@torch.library.custom_op("regattn::mapping_backward", mutates_args=())
+def mapping_backward(
+    saved_y: torch.Tensor, aux: torch.Tensor, grad_output: torch.Tensor, dim: int, kind: int,
+    gamma: float, param: float,
+) -> torch.Tensor:  # fmt: skip
+    grad = F.kernel_backward(saved_y, aux, grad_output, dim, kind, gamma, param)
+    return grad.contiguous() if grad._base is not None else grad
+
+
+@mapping_backward.register_fake
+def _(saved_y, aux, grad_output, dim, kind, gamma, param):
+    return torch.empty_like(grad_output)
+
+
+def _setup_context(ctx, inputs, output):
+    _, dim, _, kind, gamma, param = inputs
+    _, saved_y, aux = output
+    ctx.save_for_backward(saved_y, aux)
+    ctx.dim, ctx.kind, ctx.gamma, ctx.param = dim, kind, gamma, param
+
+
+def _backward(ctx, grad_output, _grad_saved_y, _grad_aux):
+    saved_y, aux = ctx.saved_tensors
+    grad = mapping_backward(saved_y, aux, grad_output, ctx.dim, ctx.kind, ctx.gamma, ctx.param)
+    return grad, None, None, None, None, None
+
+
+mapping_forward.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _batched_first(tensor, bdim, batch_size):
+    """``tensor`` with its vmapped dim first (broadcast when it has none)."""
+    if bdim is None:
+        return tensor.expand(batch_size, *tensor.shape)
+    return tensor.movedim(bdim, 0)
+
+
+@mapping_forward.register_vmap
+def _(info, in_dims, scores, dim, mask, kind, gamma, param):
+    scores = _batched_first(scores, in_dims[0], info.batch_size)
+    if mask is not None:
+        mask = _batched_first(mask, in_dims[2], info.batch_size)
+        # Broadcast the mask's own dims against the scores' (right-aligned), after the
+        # batch dim.
+        missing = scores.dim() - mask.dim()
+        mask = mask.reshape(mask.shape[0], *([1] * missing), *mask.shape[1:])
+        mask = mask.expand(scores.shape)
+    result, saved_y, aux = mapping_forward(scores, dim + 1, mask, kind, gamma, param)
+    batch = info.batch_size
+    # Per batch entry, saved_y and aux are the (rows, width) arrays of its own call.
+    saved_y = saved_y.reshape(batch, -1, *saved_y.shape[1:]) if saved_y.numel() else (
+        saved_y.new_empty(batch, 0))  # fmt: skip
+    return (result, saved_y, aux.reshape(batch, -1, aux.shape[-1])), (0, 0, 0)
+
+
+@mapping_backward.register_vmap
+def _(info, in_dims, saved_y, aux, grad_output, dim, kind, gamma, param):
+    batch = info.batch_size
+    saved_y = _batched_first(saved_y, in_dims[0], batch)
+    aux = _batched_first(aux, in_dims[1], batch)
+    grad_output = _batched_first(grad_output, in_dims[2], batch)
+    saved_y = saved_y.reshape(-1, *saved_y.shape[2:]) if saved_y.dim() > 2 else saved_y.reshape(0)
+    grad = mapping_backward(
+        saved_y, aux.reshape(-1, aux.shape[-1]), grad_output, dim + 1, kind, gamma, param
+    )
+    return grad, 0
+
+
+def mapping(scores, dim, mask, kind, gamma, param):
+    """(output, saved y, aux) of a compiled mapping through the registered ops."""
+    return mapping_forward(scores, dim, mask, kind, gamma, param)
