@@ -22,8 +22,7 @@ from . import functional as F
 
 def _rows_and_width(scores, dim):
     d = scores.shape[dim]
-    rows = math.prod(scores.shape) // d if d else math.prod(scores.shape[:dim] + scores.shape[dim + 1 :])
-    return rows, d
+    return math.prod(scores.shape[:dim] + scores.shape[dim + 1 :]), d
 
 
 @torch.library.custom_op("regattn::mapping_forward", mutates_args=())
