@@ -497,7 +497,7 @@ def _argsort_desc(vals, m, order, keys, spare, counts):
     put in exact order by a final insertion pass, which is linear when few are out
     of place. No allocation: all buffers come from the caller. Rows whose values
     mostly share their top bits (nearly equal scores, as an untrained model gives)
-    would make that pass quadratic: after 2m moves it gives up and a merge sort
+    would make that pass quadratic: after 8m moves it gives up and a merge sort
     finishes the row, so the worst case is O(m log m).
     """
     if m <= _INSERTION_SORT_MAX:
@@ -534,7 +534,7 @@ def _argsort_desc(vals, m, order, keys, spare, counts):
         source, target = target, source
     for i in range(m):
         order[i] = source[i] & np.int64(0xFFFFFFFF)
-    if not _insertion_sort_desc(vals, order, 1, m, 2 * m):
+    if not _insertion_sort_desc(vals, order, 1, m, 8 * m):
         order[:m] = np.argsort(-vals[:m], kind="mergesort")
 
 

@@ -249,6 +249,8 @@ def _compiled(scores, dim, mask, gamma, kind, param=0.0):
         from . import _ops
 
         return _ops.mapping(scores, dim, mask, kind, gamma, param)[0]
+    if not (scores.requires_grad and torch.is_grad_enabled()):  # inference: no autograd node
+        return kernel_forward(scores, dim, mask, kind, gamma, param, keep_y=False)[0]
     return _CompiledMapping.apply(scores, dim, mask, kind, gamma, param)
 
 
