@@ -1,7 +1,16 @@
 """Attention heatmaps of evaluated runs: one figure per task and example, one panel
-per mapping (the paper's figures 2 and 3, from our own runs).
+per mapping (the paper's figures 2 and 3, from our own runs). Every nonzero weight
+is written in its cell, so groups of equal weights (fusedmax, oscarmax) show.
 
     python scripts/plot_attention.py results/quick    # writes results/quick/figures/*.png
+
+    # a sentence of your own, through the trained checkpoints of a task's runs:
+    python scripts/plot_attention.py results/reduced --task nmt --name fr-en_paper \
+        --sentence "son application est en fin de compte laissée à la discrétion des états ."
+
+With --sentence, each mapping's run (the lowest seed) must still have its run
+directory (``run_dir`` in its result file, below --runs-root) with checkpoint_best.pt;
+the panel shows the model's own output.
 """
 
 import argparse
@@ -14,11 +23,12 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 from scripts.make_tables import load_runs, mapping_label, mapping_rank  # noqa: E402
 
 
-def plot_example(panels, path):
+def plot_example(panels, path, caption=None):
     """panels: list of (title, example) sharing one source; saves one figure."""
     n = len(panels)
     source = panels[0][1]["source"]
@@ -41,23 +51,38 @@ def plot_example(panels, path):
         ax.set_xticklabels(example["source"], rotation=90, fontsize=7)
         ax.set_yticks(range(len(example["target"])))
         ax.set_yticklabels(example["target"], fontsize=7)
+        for row, weights in enumerate(example["attention"]):
+            for column, weight in enumerate(weights):
+                if weight > 0.005:
+                    text = f"{weight:.2f}"
+                    text = "1" if text == "1.00" else text[1:]  # .37, not 0.37
+                    color = "white" if weight > 0.5 else "black"
+                    ax.text(column, row, text, ha="center", va="center", fontsize=4.5,
+                            color=color)  # fmt: skip
     fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.6)
+    if caption:
+        fig.suptitle(caption, fontsize=8, y=1.0 + 0.02 * (len(caption) // 120), wrap=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 
-def plot_runs(results_dir, seed=None):
-    runs = load_runs(results_dir)
-    chosen = defaultdict(dict)  # (task, arch, model) -> mapping label -> run (lowest seed)
-    for run in runs:
-        if seed is not None and run["seed"] != seed:
+def choose_runs(results_dir, seed=None, task=None):
+    """(task, arch, model) -> mapping label -> run of that seed (default: the lowest)."""
+    chosen = defaultdict(dict)
+    for run in load_runs(results_dir):
+        if (seed is not None and run["seed"] != seed) or (task and run["task"] != task):
             continue
         label = mapping_label(run["mapping"])
         key = (run["task"], run["arch"], run["model"])
         current = chosen[key].get(label)
         if current is None or run["seed"] < current["seed"]:
             chosen[key][label] = run
+    return chosen
+
+
+def plot_runs(results_dir, seed=None):
+    chosen = choose_runs(results_dir, seed)
     written = []
     for (task, arch, model), by_label in sorted(chosen.items()):
         labels = sorted(by_label, key=lambda x: (mapping_rank(x), x))
@@ -70,12 +95,46 @@ def plot_runs(results_dir, seed=None):
     return written
 
 
+def plot_sentence(results_dir, task, sentence, name, runs_root, seed=None, caption=None):
+    """One figure per model of ``task``: every mapping's attention on ``sentence``."""
+    from tasks.evaluation import attend
+
+    written = []
+    for (_, arch, model), by_label in sorted(choose_runs(results_dir, seed, task).items()):
+        panels = []
+        for label in sorted(by_label, key=lambda x: (mapping_rank(x), x)):
+            run = by_label[label]
+            run_dir = runs_root / run["run_dir"]
+            if not (run_dir / "checkpoints" / "checkpoint_best.pt").is_file():
+                sys.exit(f"error: no checkpoint for {label} at {run_dir}: train it first "
+                         "(or point --runs-root to where the run directories are)")  # fmt: skip
+            panels.append((f"{label} (seed {run['seed']})", attend(run_dir, sentence)))
+        path = results_dir / "figures" / f"{task}_{arch}-{model}_{name}.png"
+        plot_example(panels, path, caption)
+        written.append(path)
+    return written
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results_dir", type=Path)
     parser.add_argument("--seed", type=int, help="plot this seed (default: the lowest)")
+    parser.add_argument("--sentence", help="a tokenized source sentence to translate")
+    parser.add_argument("--task", help="with --sentence: the task whose runs translate it")
+    parser.add_argument("--name", default="sentence", help="with --sentence: figure name")
+    parser.add_argument("--caption", help="with --sentence: a caption for the figure")
+    parser.add_argument(
+        "--runs-root", type=Path, default=REPO, help="where run_dir paths start (default: repo)"
+    )
     args = parser.parse_args()
-    for path in plot_runs(args.results_dir, args.seed):
+    if args.sentence:
+        if not args.task:
+            parser.error("--sentence needs --task (nmt or summarization)")
+        written = plot_sentence(args.results_dir, args.task, args.sentence, args.name,
+                                args.runs_root, args.seed, args.caption)  # fmt: skip
+    else:
+        written = plot_runs(args.results_dir, args.seed)
+    for path in written:
         print(f"wrote {path}")
 
 

@@ -173,6 +173,44 @@ def _decode(cfg, task, generator, models, split, cpu):
     return hypotheses, weights, [examples[i] for i in sorted(examples)]
 
 
+def attend(run_dir, sentence, cpu=True):
+    """The beam-5 output of a trained seq2seq run for one source sentence, and its
+    attention: {"source", "target" (tokens, </s> included), "attention" (one row per
+    target token over the source tokens)}. ``sentence`` is tokenized text, as in the
+    prepared data (word vocabularies: lower-cased, split on spaces)."""
+    from fairseq.dataclass.configs import GenerationConfig
+
+    cfg, models, task = _load(Path(run_dir), cpu)
+    if cfg.task.name == "snli":
+        raise PipelineError(f"{run_dir} is an SNLI run: attend() needs a seq2seq run")
+    text = " ".join(sentence.lower().split())
+    if cfg.task.vocab == "spm":
+        import sentencepiece
+
+        model = Path(cfg.task.data) / "spm.model"
+        text = " ".join(sentencepiece.SentencePieceProcessor(model_file=str(model)).encode(
+            text, out_type=str))  # fmt: skip
+    source_dict, target_dict = task.source_dictionary, task.target_dictionary
+    tokens = source_dict.encode_line(text, add_if_not_exist=False, append_eos=True).long()
+    sample = {
+        "id": torch.tensor([0]),
+        "net_input": {
+            "src_tokens": tokens.unsqueeze(0),
+            "src_lengths": torch.tensor([len(tokens)]),
+        },
+    }
+    sample = _to_device(sample, cpu)
+    generator = task.build_generator(models, GenerationConfig(beam=cfg.task.eval.beam))
+    with torch.no_grad():
+        best = task.inference_step(generator, models, sample)[0][0]
+    attention = best["attention"].float().cpu()[: len(tokens)].t()
+    return {
+        "source": [source_dict[t] for t in tokens],
+        "target": [target_dict[t] for t in best["tokens"]],
+        "attention": attention.tolist(),
+    }
+
+
 def _without_padding(tokens, dictionary):
     """Tokens without padding (sources are right-padded: left_pad_source=false)."""
     return tokens[tokens != dictionary.pad()].cpu()

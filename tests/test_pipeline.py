@@ -125,6 +125,28 @@ def test_tables_and_figures_from_run_files(data_root, tmp_path):
     table = (results / "table.md").read_text()
     assert "| lstm_attn (tiny) | softmax | 1 |" in table and "fusedmax (lam=0.1)" in table
     assert list((results / "figures").glob("nmt_lstm_attn-tiny_example*.png"))
+    # A sentence of one's own, through the checkpoints (run_dir is repo-relative when
+    # the run is inside the repository, absolute otherwise).
+    sentence = "un homme regarde la mer ."
+    example = evaluation.attend(run_dir_of(cfg), sentence)
+    assert example["source"][:2] == ["un", "homme"] and example["source"][-1] == "</s>"
+    assert len(example["attention"]) == len(example["target"])
+    assert all(abs(sum(row) - 1) < 1e-5 for row in example["attention"])
+    command = [
+        sys.executable,
+        str(REPO / "scripts" / "plot_attention.py"),
+        str(results),
+        "--task",
+        "nmt",
+        "--sentence",
+        sentence,
+        "--name",
+        "mine",
+        "--runs-root",
+        "/",
+    ]
+    subprocess.run(command, check=True)  # fmt: skip
+    assert (results / "figures" / "nmt_lstm_attn-tiny_mine.png").is_file()
 
 
 def test_rerun_resumes_and_other_settings_are_refused(data_root, tmp_path):
