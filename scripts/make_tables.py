@@ -162,7 +162,8 @@ def significance_cell(result):
 def task_table(task, runs):
     groups = defaultdict(list)
     for run in runs:
-        label = (f"{run['arch']} ({run['model']})", mapping_label(run["mapping"]))
+        suffix = run["config"]["task"].get("run_suffix", "")  # a recipe variant's name
+        label = (f"{run['arch']} ({run['model']}){suffix}", mapping_label(run["mapping"]))
         groups[(*label, _settings(run))].append(run)
     order = sorted(groups, key=lambda key: (key[0], mapping_rank(key[1]), key[1], key[2]))
     baselines = {
@@ -201,8 +202,13 @@ def task_table(task, runs):
 
 
 def table_key(run):
-    """One table per task and data variant (configs/task/*.yaml ``variant``)."""
-    return run["task"], run["config"]["task"].get("variant", "")
+    """One table per task and data variant (configs/task/*.yaml ``variant``; for
+    translation, the language pair)."""
+    task = run["config"]["task"]
+    variant = task.get("variant", "")
+    if run["task"] == "nmt" and not variant:
+        variant = f"{task['source_lang']}→{task['target_lang']}"
+    return run["task"], variant
 
 
 def missing_runs(results_dir):

@@ -161,6 +161,9 @@ def fairseq_config(cfg, run_dir, cpu):
             "no_epoch_checkpoints": True,
             "best_checkpoint_metric": task.best_checkpoint_metric,
             "maximize_best_checkpoint_metric": task.maximize_best_checkpoint_metric,
+            # Early stopping: stop after this many epochs without a better validation
+            # metric (task.optim.patience; -1, the default, trains every epoch).
+            "patience": OmegaConf.select(optim, "patience", default=-1),
         },
     }
     fs_cfg = OmegaConf.merge(OmegaConf.structured(FairseqConfig), overrides)

@@ -219,3 +219,10 @@ def test_evaluate_script_rejects_a_directory_without_a_run(tmp_path):
     assert result.returncode != 0
     assert "is not a run directory of scripts/train.py" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_early_stopping_patience_reaches_fairseq(data_root, tmp_path):
+    default = make_config(data_root, tmp_path, "task=summarization")
+    assert pipeline.fairseq_config(default, tmp_path, cpu=True).checkpoint.patience == -1
+    cfg = make_config(data_root, tmp_path, "task=summarization", "+task.optim.patience=3")
+    assert pipeline.fairseq_config(cfg, tmp_path, cpu=True).checkpoint.patience == 3
