@@ -230,12 +230,45 @@ def _tv_prox(y, n, lam, z, seg, knots, bounds):
     slowly varying rows (a ramp costs about n/20 steps per element at lam = 0.1).
     So it runs with a budget of 4n + 16 steps, which random rows stay well within,
     and a row that exhausts it is solved again by Johnson's dynamic programme, which
-    is linear in the worst case (the proxTV "hybrid" strategy). ``knots`` (3 x
-    (2n + 2)) and ``bounds`` (2 x n) are the programme's scratch.
+    is linear in the worst case (the proxTV "hybrid" strategy), block by block (see
+    ``_tv_prox_dp_blocks``). ``knots`` (3 x (2n + 2)) and ``bounds`` (3 x n) are the
+    programme's scratch.
     """
     if _tv_prox_condat(y, n, lam, z, seg, 4 * n + 16):
         return
-    _tv_prox_dp(y, n, lam, z, seg, knots, bounds)
+    _tv_prox_dp_blocks(y, n, lam, z, seg, knots, bounds)
+
+
+@_jit
+def _tv_prox_dp_blocks(y, n, lam, z, seg, knots, bounds):
+    """Johnson's programme on the blocks between certain jumps.
+
+    Since |z[i] - y[i]| <= 2 lam at the optimum, neighbours more than 4 lam apart
+    jump for sure, and the jump's dual is +-lam: each block between such jumps is an
+    independent TV problem whose end values move by lam towards the jump (z[i] =
+    y[i] - lam (s[i-1] - s[i]) with s the jump signs). Solving blocks apart keeps
+    the programme's accumulated knot intercepts at the scale of one block: one score
+    near -3e38 beside ordinary ones would otherwise swamp them in rounding.
+    """
+    adjusted = bounds[2]
+    start = 0
+    for i in range(n):
+        if i < n - 1 and abs(y[i + 1] - y[i]) <= 4.0 * lam:
+            continue
+        for j in range(start, i + 1):
+            adjusted[j] = y[j]
+        if start > 0:  # the jump into the block from the left
+            adjusted[start] += lam if y[start] < y[start - 1] else -lam
+        if i < n - 1:  # the jump out of it to the right
+            adjusted[i] += lam if y[i + 1] > y[i] else -lam
+        m = i + 1 - start
+        _tv_prox_dp(adjusted[start:], m, lam, z[start:], seg[start:], knots, bounds)
+        start = i + 1
+    label = 0
+    seg[0] = 0
+    for k in range(1, n):
+        label += z[k] != z[k - 1]
+        seg[k] = label
 
 
 @_jit
@@ -416,7 +449,7 @@ def fusedmax_forward(x, out, aux, inv_gamma, lam, lo, hi):
     z = np.empty(d)
     seg = np.empty(d, dtype=np.int32)
     knots = np.empty((3, 2 * d + 2))
-    bounds = np.empty((2, d))
+    bounds = np.empty((3, d))
     ones = np.ones(d)
     cand_val = np.empty(d)
     cand_size = np.empty(d)

@@ -40,7 +40,9 @@ def _(scores, dim, mask, kind, gamma, param):
     structured = kind in _cpu.STRUCTURED
     saved_y = scores.new_empty((0,) if structured else (rows, d), dtype=compute, device="cpu")
     aux = scores.new_empty((rows, d if structured else 1), dtype=torch.int32, device="cpu")
-    return torch.empty_like(scores), saved_y, aux
+    # The real op returns a contiguous tensor, whatever the input's strides.
+    out = torch.empty(scores.shape, dtype=scores.dtype, device=scores.device)
+    return out, saved_y, aux
 
 
 @torch.library.custom_op("regattn::mapping_backward", mutates_args=())
@@ -49,12 +51,12 @@ def mapping_backward(
     gamma: float, param: float,
 ) -> torch.Tensor:  # fmt: skip
     grad = F.kernel_backward(saved_y, aux, grad_output, dim, kind, gamma, param)
-    return grad.contiguous() if grad._base is not None else grad
+    return grad.contiguous()  # as the fake kernel says
 
 
 @mapping_backward.register_fake
 def _(saved_y, aux, grad_output, dim, kind, gamma, param):
-    return torch.empty_like(grad_output)
+    return torch.empty(grad_output.shape, dtype=grad_output.dtype, device=grad_output.device)
 
 
 def _setup_context(ctx, inputs, output):

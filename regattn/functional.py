@@ -122,7 +122,7 @@ def _to_rows(tensor, dim, mask=None):
     if mask is None:
         return tensor.to(dtype).reshape(-1, tensor.shape[-1]).contiguous()
     rows = torch.empty(tensor.shape, dtype=dtype)
-    torch.where(mask, tensor, _NEG_INF[dtype], out=rows)
+    torch.where(mask, tensor.to(dtype), _NEG_INF[dtype], out=rows)  # .to: half types
     return rows.view(-1, tensor.shape[-1])
 
 
@@ -180,15 +180,19 @@ def kernel_forward(scores, dim, mask, kind, gamma, param, keep_y):
     outputs), what the backward needs of y (empty unless ``keep_y``; the structured
     maps need only their group ids) and the kernel's aux array."""
     rows = _to_rows(scores, dim, mask)
+    # The kernel writes ``out`` as rows. When only size-1 dims follow ``dim``, rows are
+    # already in the scores' memory order and ``out`` can have the scores' shape.
+    in_place = all(size == 1 for size in scores.shape[dim + 1 :])
     shape = list(scores.shape)
-    shape.append(shape.pop(dim))
-    out = torch.empty(shape, dtype=rows.dtype)  # the kernel writes it as rows
+    if not in_place:
+        shape.append(shape.pop(dim))
+    out = torch.empty(shape, dtype=rows.dtype)
     out_rows = out.view(rows.shape)
     structured = kind in _cpu.STRUCTURED
     aux = torch.empty((rows.shape[0], rows.shape[1] if structured else 1), dtype=torch.int32)
     args = (rows.numpy(), out_rows.numpy(), aux.numpy(), 1.0 / gamma, param)
     _run_kernel(_cpu.FORWARD, _cpu.forward_parallel, kind, rows, *args)
-    result = out if dim == scores.dim() - 1 else out.movedim(-1, dim).contiguous()
+    result = out if in_place else out.movedim(-1, dim).contiguous()  # a copy
     if result.dtype != scores.dtype or result.device != scores.device:
         result = result.to(device=scores.device, dtype=scores.dtype)
     if structured or not keep_y:
@@ -245,7 +249,7 @@ def _compiled(scores, dim, mask, gamma, kind, param=0.0):
     dim = _check_scores(scores, dim)
     gamma = check_gamma(gamma)
     mask = _check_mask(mask, scores)
-    if _traced(scores):
+    if _traced(scores) or (mask is not None and _traced(mask)):
         from . import _ops
 
         return _ops.mapping(scores, dim, mask, kind, gamma, param)[0]
@@ -291,7 +295,7 @@ def _traceable_softmax(z, dim, mask):
     if mask is not None:
         z = z.where(mask, -math.inf)
     z = z.clamp(max=torch.finfo(z.dtype).max)  # +inf scores share the mass
-    live = z.amax(dim, keepdim=True) > -math.inf  # rows with a valid position
+    live = z.amax(dim, keepdim=True) != -math.inf  # rows with a valid position (or NaN)
     y = torch.softmax(z.where(live, 0.0), dim)  # a fully masked row would be NaN
     return y.where(live, 0.0)
 
@@ -308,7 +312,7 @@ def softmax(scores, dim=-1, *, gamma=1.0, mask=None):
     z = scores.to(_compute_dtype(scores.dtype))
     if gamma != 1.0:
         z = z / gamma
-    if _traced(scores):
+    if _traced(scores) or (mask is not None and _traced(mask)):
         return _traceable_softmax(z, dim, mask).to(scores.dtype)
     if mask is None:
         if _all_finite(z):

@@ -166,11 +166,10 @@ def task_table(task, runs):
         label = (f"{run['arch']} ({run['model']}){suffix}", mapping_label(run["mapping"]))
         groups[(*label, _settings(run))].append(run)
     order = sorted(groups, key=lambda key: (key[0], mapping_rank(key[1]), key[1], key[2]))
-    baselines = {
-        _settings(group[0], without_mapping=True): group
-        for group in groups.values()
-        if group[0]["mapping"]["name"] == BASELINE
-    }
+    baselines = {}  # settings without the mapping -> the softmax runs (gamma 1 first)
+    for group in sorted(groups.values(), key=lambda g: g[0]["mapping"].get("gamma", 1.0) != 1.0):
+        if group[0]["mapping"]["name"] == BASELINE:
+            baselines.setdefault(_settings(group[0], without_mapping=True), group)
     metrics = METRICS[task]
     header = ["model", "mapping", "seeds", *metrics, f"Δ vs {BASELINE} ({metrics[0]})"]
     header += [f"valid {metrics[0]}"]

@@ -193,6 +193,11 @@ def resplit(args, stage, sizes, test_is_valid):
     gets its own validation split from train); returns the new sizes."""
     sides = (*args.sides, "label") if args.task == "snli" else args.sides
     sizes = dict(sizes)
+    if args.valid_from_train is not None and not test_is_valid:
+        raise SystemExit(
+            f"error: --valid-from-train {args.valid_from_train}: {args.raw} has a test set, "
+            "so its valid files are the validation split; leave the option out"
+        )
     if args.task == "summarization" and test_is_valid:
         count = args.valid_from_train
         if count is None:

@@ -119,9 +119,9 @@ def evaluate_seq2seq(cfg, models, task, cpu):
     generator = task.build_generator(models, GenerationConfig(beam=cfg.task.eval.beam))
     split, metric = cfg.task.eval.split, cfg.task.eval.metric
     start = time.perf_counter()
-    hypotheses, weights, examples = _decode(cfg, task, generator, models, split, cpu)
+    ids, hypotheses, weights, examples = _decode(cfg, task, generator, models, split, cpu)
     seconds = time.perf_counter() - start
-    references = _references(cfg, task, split)
+    references = _references(cfg, task, split, ids)
     metrics = _text_metrics(metric, hypotheses, references)
     per_example = {"hypotheses": hypotheses, **_per_example_scores(metric, hypotheses, references)}
     result = {
@@ -133,22 +133,24 @@ def evaluate_seq2seq(cfg, models, task, cpu):
         "per_example": per_example,
     }
     if split != "valid":
-        valid_hypotheses = _decode(cfg, task, generator, models, "valid", cpu)[0]
-        valid_references = _references(cfg, task, "valid")
+        valid_ids, valid_hypotheses, _, _ = _decode(cfg, task, generator, models, "valid", cpu)
+        valid_references = _references(cfg, task, "valid", valid_ids)
         result["valid_metrics"] = _text_metrics(metric, valid_hypotheses, valid_references)
     return result
 
 
-def _references(cfg, task, split):
-    # The prepared text (prepare_data.py), not the binarized targets, whose
-    # out-of-vocabulary words would read <unk>.
+def _references(cfg, task, split, ids):
+    """The references of the examples ``ids``: the prepared text (prepare_data.py), not
+    the binarized targets, whose out-of-vocabulary words would read <unk>."""
     reference_file = Path(cfg.task.data) / "text" / f"{split}.{task.cfg.target_lang}"
-    return reference_file.read_text().splitlines()
+    lines = reference_file.read_text().splitlines()
+    return [lines[i] for i in ids]
 
 
 def _decode(cfg, task, generator, models, split, cpu):
-    """Best beam hypotheses of ``split`` in file order, every attention distribution
-    over the valid source positions, and the first examples' attention matrices."""
+    """The ids (file order) and best beam hypotheses of ``split``, every attention
+    distribution over the valid source positions, and the first examples' attention
+    matrices."""
     source_dict, target_dict = task.source_dictionary, task.target_dictionary
     post = "sentencepiece" if cfg.task.vocab == "spm" else None
     outputs_by_id, weights, examples = {}, [], {}
@@ -169,8 +171,9 @@ def _decode(cfg, task, generator, models, split, cpu):
                     "target": [target_dict[t] for t in best["tokens"]],
                     "attention": valid.tolist(),
                 }
-    hypotheses = [outputs_by_id[i] for i in sorted(outputs_by_id)]
-    return hypotheses, weights, [examples[i] for i in sorted(examples)]
+    ids = sorted(outputs_by_id)
+    hypotheses = [outputs_by_id[i] for i in ids]
+    return ids, hypotheses, weights, [examples[i] for i in sorted(examples)]
 
 
 def attend(run_dir, sentence, cpu=True):

@@ -87,3 +87,23 @@ def test_eager_calls_take_the_lean_autograd_path(name):
     """The registered op costs tens of microseconds per call; eager mode never uses it."""
     x = torch.randn(3, 5, requires_grad=True)
     assert type(regattn.MAPPINGS[name](x).grad_fn).__name__ == "_CompiledMappingBackward"
+
+
+def test_vmap_over_the_mask_only_and_nan_rows_when_traced():
+    scores = torch.randn(6, 7, dtype=torch.float64)
+    masks = torch.rand(3, 6, 7) > 0.3
+    masks[..., 0] = True
+    for name in NAMES:
+        f = regattn.MAPPINGS[name]
+        vmapped = torch.func.vmap(lambda m, f=f: f(scores, -1, mask=m))(masks)
+        torch.testing.assert_close(vmapped, torch.stack([f(scores, -1, mask=m) for m in masks]))
+    with_nan = torch.tensor([[1.0, float("nan")], [1.0, 2.0]])
+    traced = torch.compile(lambda s: regattn.softmax(s), fullgraph=True)(with_nan)
+    assert traced[0].isnan().all() and torch.isfinite(traced[1]).all()
+
+
+def test_fake_kernels_give_the_real_strides():
+    x = torch.randn(3, 4).t()  # non-contiguous input
+    real = regattn.fusedmax(x).stride()
+    with FakeTensorMode() as mode:
+        assert regattn.fusedmax(mode.from_tensor(x)).stride() == real

@@ -253,3 +253,48 @@ def test_concurrent_calls_from_threads_match_serial_results(name):
         results = list(pool.map(run, inputs))
     for (y, grad), (y_ref, grad_ref) in zip(results, expected, strict=True):
         assert torch.equal(y, y_ref) and torch.equal(grad, grad_ref)
+
+
+@pytest.mark.parametrize("huge", [-3.4e38, -1e300, -1e12])
+def test_tv_fallback_is_exact_beside_huge_scores(huge):
+    """A huge score (masked_fill padding with the dtype's lowest value, say) beside a
+    slowly varying run: Condat exhausts its budget, and the dynamic programme must
+    not lose the run to rounding (it solves the blocks between certain jumps apart)."""
+    y = np.concatenate([[huge], np.linspace(0, -3, 299), [huge], np.linspace(-1, 0, 150)])
+    n = y.size
+    z, seg = np.empty(n), np.empty(n, dtype=np.int32)
+    assert not _cpu._tv_prox_condat(y, n, 0.1, z, seg, 4 * n + 16)  # the fallback runs
+    _cpu._tv_prox(y, n, 0.1, z, seg, np.empty((3, 2 * n + 2)), np.empty((3, n)))
+    z_condat, seg_condat = _tv(y, 0.1, "condat")
+    np.testing.assert_allclose(z[1:], z_condat[1:], rtol=0, atol=1e-9)
+    np.testing.assert_array_equal(seg, seg_condat)
+    x = torch.tensor(y)
+    torch.testing.assert_close(
+        regattn.fusedmax(x, lam=0.1), regattn.sparsemax(torch.tensor(z_condat)), rtol=0, atol=1e-9
+    )
+
+
+@case_params()
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_with_a_mask(name, params, dtype):
+    x = torch.randn(3, 9)
+    mask = torch.rand(3, 9) > 0.3
+    mask[:, 0] = True
+    y = apply(name, params, x.to(dtype), mask=mask)
+    assert y.dtype == dtype and (y[~mask] == 0).all()
+    torch.testing.assert_close(y.float(), apply(name, params, x.to(dtype).float(), mask=mask),
+                               atol=1e-2, rtol=0)  # fmt: skip
+
+
+@case_params()
+def test_trailing_singleton_dims_give_an_ordinary_output(name, params):
+    """scores of shape (B, T, 1) along dim 1 (Bahdanau-style): the output is not a view."""
+    x = torch.randn(4, 6, 1, dtype=torch.float64, requires_grad=True)
+    y = apply(name, params, x, dim=1)
+    assert y._base is None
+    weights = torch.randn_like(y)
+    expected = torch.autograd.grad((apply(name, params, x, dim=1) * weights).sum(), x)[0]
+    if name != "softmax":
+        y.mul_(1.0)  # in place on the output
+    (grad,) = torch.autograd.grad((y * weights).sum(), x)
+    torch.testing.assert_close(grad, expected)
