@@ -153,7 +153,9 @@ def significance_cell(result):
     if p is None:
         return f"{delta:+.2f} (no per-example outputs)"
     marker = " *" if p < 0.05 else ""
-    return f"{delta:+.2f} (p = {p:.3f}){marker}"
+    # No resample went the other way: all the bootstrap can say is p < 1 / samples.
+    shown = f"p < {1 / BOOTSTRAP_SAMPLES:g}" if p == 0 else f"p = {p:.3f}"
+    return f"{delta:+.2f} ({shown}){marker}"
 
 
 # ---------------------------------------------------------------------- tables
