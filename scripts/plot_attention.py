@@ -74,7 +74,9 @@ def choose_runs(results_dir, seed=None, task=None):
         if (seed is not None and run["seed"] != seed) or (task and run["task"] != task):
             continue
         label = mapping_label(run["mapping"])
-        key = (run["task"], run["arch"], run["model"])
+        # A data variant or recipe (task.run_suffix) gets figures of its own.
+        task_name = run["task"] + run["config"]["task"].get("run_suffix", "")
+        key = (task_name, run["arch"], run["model"])
         current = chosen[key].get(label)
         if current is None or run["seed"] < current["seed"]:
             chosen[key][label] = run
@@ -100,7 +102,7 @@ def plot_sentence(results_dir, task, sentence, name, runs_root, seed=None, capti
     from tasks.evaluation import attend
 
     written = []
-    for (_, arch, model), by_label in sorted(choose_runs(results_dir, seed, task).items()):
+    for (task_name, arch, model), by_label in sorted(choose_runs(results_dir, seed, task).items()):
         panels = []
         for label in sorted(by_label, key=lambda x: (mapping_rank(x), x)):
             run = by_label[label]
@@ -109,7 +111,7 @@ def plot_sentence(results_dir, task, sentence, name, runs_root, seed=None, capti
                 sys.exit(f"error: no checkpoint for {label} at {run_dir}: train it first "
                          "(or point --runs-root to where the run directories are)")  # fmt: skip
             panels.append((f"{label} (seed {run['seed']})", attend(run_dir, sentence)))
-        path = results_dir / "figures" / f"{task}_{arch}-{model}_{name}.png"
+        path = results_dir / "figures" / f"{task_name}_{arch}-{model}_{name}.png"
         plot_example(panels, path, caption)
         written.append(path)
     return written
