@@ -240,6 +240,16 @@ def _tv_prox(y, n, lam, z, seg, knots, bounds):
 
 
 @_jit
+def _label_runs(z, n, seg):
+    """seg[k]: the number of the run of equal consecutive values of z[:n] holding k."""
+    label = 0
+    seg[0] = 0
+    for k in range(1, n):
+        label += z[k] != z[k - 1]
+        seg[k] = label
+
+
+@_jit
 def _tv_prox_dp_blocks(y, n, lam, z, seg, knots, bounds):
     """Johnson's programme on the blocks between certain jumps.
 
@@ -264,11 +274,7 @@ def _tv_prox_dp_blocks(y, n, lam, z, seg, knots, bounds):
         m = i + 1 - start
         _tv_prox_dp(adjusted[start:], m, lam, z[start:], seg[start:], knots, bounds)
         start = i + 1
-    label = 0
-    seg[0] = 0
-    for k in range(1, n):
-        label += z[k] != z[k - 1]
-        seg[k] = label
+    _label_runs(z, n, seg)
 
 
 @_jit
@@ -417,11 +423,7 @@ def _tv_prox_dp(y, n, lam, z, seg, knots, bounds):
     for k in range(n - 2, -1, -1):
         v = min(max(v, bounds[0, k]), bounds[1, k])
         z[k] = v
-    label = 0
-    seg[0] = 0
-    for k in range(1, n):
-        label += z[k] != z[k - 1]
-        seg[k] = label
+    _label_runs(z, n, seg)
 
 
 @_jit
