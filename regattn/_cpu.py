@@ -620,7 +620,8 @@ def oscarmax_forward(x, out, aux, inv_gamma, lam, lo, hi):
 @_jit
 def grouped_backward(y, aux, g, grad, inv_gamma, param, lo, hi):
     """Backward of sparsemax composed with a prox whose Jacobian averages over
-    groups: the sparsemax VJP, then its mean over each group (DESIGN section 2)."""
+    groups: the sparsemax VJP, then its mean over each group (Niculae & Blondel 2017,
+    section 3)."""
     d = y.shape[1]
     group_sum = np.empty(d)
     group_size = np.empty(d)
@@ -751,7 +752,7 @@ def sq_pnorm_max_forward(x, out, aux, inv_gamma, p, lo, hi):
 @_jit
 def sq_pnorm_max_backward(y, aux, g, grad, inv_gamma, p, lo, hi):
     """J g with J = H^-1 - H^-1 1 1^T H^-1 / (1^T H^-1 1) on the support, where
-    H = diag(a) + c w w^T is the Hessian of 1/2 ||y||_p^2 (DESIGN section 2),
+    H = diag(a) + c w w^T is the Hessian of 1/2 ||y||_p^2 (Niculae & Blondel 2017, Prop. 1),
     inverted with Sherman-Morrison."""
     d = y.shape[1]
     for r in range(lo, hi):

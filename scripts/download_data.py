@@ -1,9 +1,9 @@
 """Download the data sets of the reproduction, verified by sha256, into --dest.
 
     python scripts/download_data.py --dataset all                         # official sources
-    python scripts/download_data.py --dataset all --mirror ../shared/data # a local copy
+    python scripts/download_data.py --dataset all --mirror MIRROR_DIR   # a local copy
 
-Official sources (DESIGN.md section 6):
+Official sources:
 * snli: the SNLI 1.0 zip of the Stanford NLP site (CC BY-SA 4.0); its train/dev/test jsonl
   files are extracted to DEST/snli/.
 * multi30k: Task 1 files of github.com/multi30k/dataset at a pinned commit: raw/*.gz (cased)
@@ -12,9 +12,9 @@ Official sources (DESIGN.md section 6):
   Drive), extracted to DEST/gigaword/. Its sha256 is not known here (only its size), so
   it is checked by size and the script warns that the checksum is unverified.
 
---mirror DIR copies the files of a directory laid out like ../shared/data instead (there:
-the full Multi30k, SNLI dev/test + a 1 % train sample, a 10k/1k Gigaword sample), to the
-same relative paths under DEST.
+--mirror DIR copies the files of a directory laid out like this script's output instead
+(such as a copy holding the full Multi30k, SNLI dev/test + a 1 % train sample, a 10k/1k
+Gigaword sample), to the same relative paths under DEST.
 
 Every file is written to FILE.part first and renamed only after its checksum matched, so
 FILE is either complete and verified or absent. An interrupted download keeps its .part
@@ -57,7 +57,7 @@ GIGAWORD_URL = (
 )
 GIGAWORD_SIZE = 290866023
 
-# Checksums of the Multi30k files, keyed "split.lang", from ../shared/data/multi30k/README.md
+# Checksums of the Multi30k files, keyed "split.lang", from the multi30k/dataset repository's files
 # (which lists the sha256 of every upstream file and of its gzip copy there).
 # raw/{split}.{lang}.gz: the same bytes upstream and in the mirror.
 MULTI30K_RAW_GZ = {
@@ -321,7 +321,8 @@ def copy_from_mirror(source, target, sha256):
     """Copy a mirror file to target through target.part, verified like a download."""
     if not source.is_file():
         raise SystemExit(
-            f"error: mirror file missing: {source} (--mirror must be laid out like ../shared/data)"
+            f"error: mirror file missing: {source} (--mirror must be laid out like "
+            "download_data.py's output)"
         )
     if is_done(target, sha256):
         return
@@ -371,7 +372,7 @@ def parse_args(argv):
     source.add_argument(
         "--mirror",
         type=Path,
-        help="copy from this directory, laid out like ../shared/data, instead of downloading",
+        help="copy from this directory, laid out like this script's output, instead of downloading",
     )
     source.add_argument(
         "--base-url",

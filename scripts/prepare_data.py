@@ -3,7 +3,7 @@
     python scripts/prepare_data.py --task nmt --src fr --tgt en --raw data/raw
     python scripts/prepare_data.py --task snli --raw data/samples --dest data-bin/samples/snli
 
---raw is a directory laid out like the output of download_data.py, ../shared/data or
+--raw is a directory laid out like the output of download_data.py (or a mirror of it) or
 data/samples: snli/, multi30k/tok/, gigaword/ or gigaword_sample/. Text is normalised
 here, then fairseq's own preprocessing (fairseq_cli.preprocess) builds the dictionaries
 and the mmap indexed datasets; every sequence ends with </s> as fairseq appends it.
@@ -77,7 +77,7 @@ def require(folder, *names):
         looked = ", ".join(f"{name}[.gz]" for name in names)
         raise SystemExit(
             f"error: {folder} has no {looked}; run scripts/download_data.py first, "
-            "or point --raw at data/samples or ../shared/data"
+            "or point --raw at data/samples or a mirror laid out like download_data.py's output"
         )
     return path
 
@@ -97,7 +97,7 @@ def find_inputs(args):
     """{split: {side: raw file}} for the task, and whether test is a copy of valid."""
     if args.task == "snli":
         folder = args.raw / "snli"
-        # The full train set if downloaded, else the 1 % sample of ../shared/data.
+        # The full train set if downloaded, else the 1 % train sample of a mirror.
         train = require(folder, "snli_1.0_train.jsonl", "snli_1.0_train_0.01.jsonl")
         files = {"train": train, "valid": require(folder, "snli_1.0_dev.jsonl")}
         files["test"] = require(folder, "snli_1.0_test.jsonl")

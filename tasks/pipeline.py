@@ -128,8 +128,8 @@ def attention_options(mapping):
 
 
 def fairseq_config(cfg, run_dir, cpu):
-    """The fairseq config of a run (DESIGN section 4: merge onto FairseqConfig and add
-    the registered dataclass defaults; no argparse bridge)."""
+    """The fairseq config of a run: merged onto FairseqConfig, with the registered
+    dataclass defaults added (no argparse bridge, which clears Hydra's state)."""
     from fairseq import utils
     from fairseq.dataclass.configs import FairseqConfig
     from fairseq.dataclass.initialize import add_defaults
@@ -197,7 +197,7 @@ def optimizer_config(optim):
 
 def reset_fairseq_state():
     """fairseq keeps 'best so far' in function attributes; a second training in the
-    same process would skip checkpoint_best.pt (DESIGN section 4)."""
+    same process would skip checkpoint_best.pt."""
     from fairseq import checkpoint_utils
     from fairseq_cli import train as fairseq_train
 
