@@ -1,10 +1,19 @@
 """Compiled CPU kernels (numba) for the regularized attention mappings.
 
-Every kernel works on a C-contiguous 2-D array of rows, one attention distribution
-per row, and processes the half-open row range ``[lo, hi)``. The serial path calls a
-kernel on all rows; the parallel path (``forward_parallel``/``backward_parallel``)
-splits the rows into one chunk per thread. Kernels allocate their scratch space once
-per chunk, never per row.
+Every kernel works on 2-D arrays of rows, one attention distribution per row, of
+any strides (``regattn.functional`` passes views of the tensors themselves, so a
+decoder step's (source length, batch) scores along dim 0 are read and written in
+place, without transposed copies), and processes the half-open row range
+``[lo, hi)``. A forward kernel also takes ``mask``, None or a bool array of the rows'
+shape (True = take part), and reads a masked position as a ``-inf`` score. The
+serial path calls a kernel on all rows; the parallel path
+(``forward_parallel``/``backward_parallel``) splits the rows into one chunk per
+thread. Kernels allocate their scratch space once per chunk, never per row.
+
+Each forward kernel is a loop over rows around a row function (``_sparsemax_row``
+...), called on the row itself when there is no mask, and on a masked copy of it
+otherwise: numba compiles one version per layout and mask type, so the common
+unmasked, contiguous case keeps its vectorised loops.
 
 Conventions shared by all kernels:
 
@@ -137,31 +146,49 @@ def _backward_special(flag, grad_row):
     return False
 
 
+@_jit
+def _masked_row(x, mask, r, buf):
+    """Copy row ``r`` of ``x`` to ``buf`` (float64), with ``-inf`` at masked positions."""
+    for i in range(x.shape[1]):
+        buf[i] = x[r, i] if mask[r, i] else -np.inf
+
+
 # ------------------------------------------------------------------------ sparsemax
 
 
 @_jit
-def sparsemax_forward(x, out, aux, inv_gamma, param, lo, hi):
+def _sparsemax_row(row, out_row, inv_gamma, vals, counts):
+    """Write sparsemax(row * inv_gamma) to ``out_row``; return the row flag."""
+    vmax, has_nan, _ = _row_stats(row)
+    flag = _special_row(row, out_row, vmax, has_nan)
+    if flag != NORMAL:
+        return flag
+    k = 0
+    for i in range(row.shape[0]):
+        v = (row[i] - vmax) * inv_gamma
+        if v > -1.0:  # no score at or below max - 1 is in the support
+            vals[k] = v
+            counts[k] = 1.0
+            k += 1
+    tau = _michelot(vals, counts, k)
+    for i in range(row.shape[0]):
+        v = (row[i] - vmax) * inv_gamma - tau
+        out_row[i] = v if v > 0.0 else 0.0
+    return NORMAL
+
+
+@_jit
+def sparsemax_forward(x, mask, out, aux, inv_gamma, param, lo, hi):
     d = x.shape[1]
     vals = np.empty(d)
     counts = np.ones(d)
+    masked = np.empty(d)
     for r in range(lo, hi):
-        row = x[r]
-        vmax, has_nan, _ = _row_stats(row)
-        aux[r, 0] = _special_row(row, out[r], vmax, has_nan)
-        if aux[r, 0] != NORMAL:
-            continue
-        k = 0
-        for i in range(d):
-            v = (row[i] - vmax) * inv_gamma
-            if v > -1.0:  # no score at or below max - 1 is in the support
-                vals[k] = v
-                counts[k] = 1.0
-                k += 1
-        tau = _michelot(vals, counts, k)
-        for i in range(d):
-            v = (row[i] - vmax) * inv_gamma - tau
-            out[r, i] = v if v > 0.0 else 0.0
+        if mask is None:
+            aux[r, 0] = _sparsemax_row(x[r], out[r], inv_gamma, vals, counts)
+        else:
+            _masked_row(x, mask, r, masked)
+            aux[r, 0] = _sparsemax_row(masked, out[r], inv_gamma, vals, counts)
 
 
 @_jit
@@ -444,39 +471,48 @@ def _sparsemax_of_groups(group_val, group_size, ngroups, cand_val, cand_size):
 
 
 @_jit
-def fusedmax_forward(x, out, aux, inv_gamma, lam, lo, hi):
+def _fusedmax_row(row, out_row, aux_row, inv_gamma, lam, scratch, idx, seg, knots, bounds):
+    """Write fusedmax(row * inv_gamma) to ``out_row`` and the group ids to ``aux_row``."""
+    buf, z, ones, cand_val, cand_size = scratch[0], scratch[1], scratch[2], scratch[3], scratch[4]
+    d = row.shape[0]
+    m, vmax, has_nan = _compact_row(row, inv_gamma, buf, idx)
+    flag = _special_row(row, out_row, vmax, has_nan)
+    if flag != NORMAL:
+        aux_row[:] = flag  # NO_GRAD or NAN_ROW
+        return
+    _tv_prox(buf, m, lam, z, seg, knots, bounds)
+    tau = _sparsemax_of_groups(z, ones, m, cand_val, cand_size)
+    if m == d:  # nothing masked: position j is kept position j
+        for j in range(d):
+            v = z[j] - tau
+            out_row[j] = v if v > 0.0 else 0.0
+            aux_row[j] = seg[j] if v > 0.0 else NO_GRAD
+    else:
+        out_row[:] = 0.0
+        aux_row[:] = NO_GRAD
+        for j in range(m):
+            v = z[j] - tau
+            if v > 0.0:
+                out_row[idx[j]] = v
+                aux_row[idx[j]] = seg[j]
+
+
+@_jit
+def fusedmax_forward(x, mask, out, aux, inv_gamma, lam, lo, hi):
     d = x.shape[1]
-    buf = np.empty(d)
+    scratch = np.empty((5, d))  # buf, z, ones, cand_val, cand_size
+    scratch[2] = 1.0
     idx = np.empty(d, dtype=np.int64)
-    z = np.empty(d)
     seg = np.empty(d, dtype=np.int32)
     knots = np.empty((3, 2 * d + 2))
     bounds = np.empty((3, d))
-    ones = np.ones(d)
-    cand_val = np.empty(d)
-    cand_size = np.empty(d)
+    masked = np.empty(d)
     for r in range(lo, hi):
-        row = x[r]
-        m, vmax, has_nan = _compact_row(row, inv_gamma, buf, idx)
-        flag = _special_row(row, out[r], vmax, has_nan)
-        if flag != NORMAL:
-            aux[r, :] = flag  # NO_GRAD or NAN_ROW
-            continue
-        _tv_prox(buf, m, lam, z, seg, knots, bounds)
-        tau = _sparsemax_of_groups(z, ones, m, cand_val, cand_size)
-        if m == d:  # nothing masked: position j is kept position j
-            for j in range(d):
-                v = z[j] - tau
-                out[r, j] = v if v > 0.0 else 0.0
-                aux[r, j] = seg[j] if v > 0.0 else NO_GRAD
+        if mask is None:
+            _fusedmax_row(x[r], out[r], aux[r], inv_gamma, lam, scratch, idx, seg, knots, bounds)
         else:
-            out[r, :] = 0.0
-            aux[r, :] = NO_GRAD
-            for j in range(m):
-                v = z[j] - tau
-                if v > 0.0:
-                    out[r, idx[j]] = v
-                    aux[r, idx[j]] = seg[j]
+            _masked_row(x, mask, r, masked)
+            _fusedmax_row(masked, out[r], aux[r], inv_gamma, lam, scratch, idx, seg, knots, bounds)
 
 
 @_jit
@@ -574,47 +610,53 @@ def _argsort_desc(vals, m, order, keys, spare, counts):
 
 
 @_jit
-def oscarmax_forward(x, out, aux, inv_gamma, lam, lo, hi):
+def _oscarmax_row(row, out_row, aux_row, inv_gamma, lam, scratch, indices, counts):
+    """Write oscarmax(row * inv_gamma) to ``out_row`` and the group ids to ``aux_row``."""
+    buf, shifted, block_sum = scratch[0], scratch[1], scratch[2]
+    block_size, cand_val, cand_size = scratch[3], scratch[4], scratch[5]
+    idx, order, keys, spare = indices[0], indices[1], indices[2], indices[3]
+    aux_row[:] = NO_GRAD
+    m, vmax, has_nan = _compact_row(row, inv_gamma, buf, idx)
+    flag = _special_row(row, out_row, vmax, has_nan)
+    if flag != NORMAL:
+        if flag == NAN_ROW:
+            aux_row[:] = NAN_ROW
+        return
+    out_row[:] = 0.0
+    # Signed OWL prox: sort descending, subtract lam * (m - k) from the k-th
+    # largest (k = 1..m), fit a non-increasing sequence.
+    _argsort_desc(buf, m, order, keys, spare, counts)
+    for k in range(m):
+        shifted[k] = buf[order[k]] - lam * (m - 1 - k)
+    nb = _pool_adjacent_violators(shifted, m, block_sum, block_size)
+    for b in range(nb):
+        block_sum[b] /= block_size[b]  # block means: the prox values
+    tau = _sparsemax_of_groups(block_sum, block_size, nb, cand_val, cand_size)
+    start = 0
+    for b in range(nb):
+        v = block_sum[b] - tau
+        if v <= 0.0:
+            break  # blocks are sorted: the rest is outside the support too
+        for k in range(start, start + int(block_size[b])):
+            out_row[idx[order[k]]] = v
+            aux_row[idx[order[k]]] = b
+        start += int(block_size[b])
+
+
+@_jit
+def oscarmax_forward(x, mask, out, aux, inv_gamma, lam, lo, hi):
     d = x.shape[1]
-    buf = np.empty(d)
-    idx = np.empty(d, dtype=np.int64)
-    shifted = np.empty(d)
-    order = np.empty(d, dtype=np.int64)
-    keys = np.empty(d, dtype=np.int64)
-    spare = np.empty(d, dtype=np.int64)
+    # buf, shifted, block_sum, block_size, cand_val, cand_size
+    scratch = np.empty((6, d))
+    indices = np.empty((4, d), dtype=np.int64)  # idx, order, keys, spare
     counts = np.empty((4, 256), dtype=np.int64)
-    block_sum = np.empty(d)
-    block_size = np.empty(d)
-    cand_val = np.empty(d)
-    cand_size = np.empty(d)
+    masked = np.empty(d)
     for r in range(lo, hi):
-        row = x[r]
-        aux[r, :] = NO_GRAD
-        m, vmax, has_nan = _compact_row(row, inv_gamma, buf, idx)
-        flag = _special_row(row, out[r], vmax, has_nan)
-        if flag != NORMAL:
-            if flag == NAN_ROW:
-                aux[r, :] = NAN_ROW
-            continue
-        out[r, :] = 0.0
-        # Signed OWL prox: sort descending, subtract lam * (m - k) from the k-th
-        # largest (k = 1..m), fit a non-increasing sequence.
-        _argsort_desc(buf, m, order, keys, spare, counts)
-        for k in range(m):
-            shifted[k] = buf[order[k]] - lam * (m - 1 - k)
-        nb = _pool_adjacent_violators(shifted, m, block_sum, block_size)
-        for b in range(nb):
-            block_sum[b] /= block_size[b]  # block means: the prox values
-        tau = _sparsemax_of_groups(block_sum, block_size, nb, cand_val, cand_size)
-        start = 0
-        for b in range(nb):
-            v = block_sum[b] - tau
-            if v <= 0.0:
-                break  # blocks are sorted: the rest is outside the support too
-            for k in range(start, start + int(block_size[b])):
-                out[r, idx[order[k]]] = v
-                aux[r, idx[order[k]]] = b
-            start += int(block_size[b])
+        if mask is None:
+            _oscarmax_row(x[r], out[r], aux[r], inv_gamma, lam, scratch, indices, counts)
+        else:
+            _masked_row(x, mask, r, masked)
+            _oscarmax_row(masked, out[r], aux[r], inv_gamma, lam, scratch, indices, counts)
 
 
 @_jit
@@ -716,37 +758,49 @@ def _pnorm_threshold(vals, k, vmax, p):
 
 
 @_jit
-def sq_pnorm_max_forward(x, out, aux, inv_gamma, p, lo, hi):
+def _sq_pnorm_max_row(row, out_row, inv_gamma, p, vals):
+    """Write sq-pnorm-max(row * inv_gamma) to ``out_row``; return the row flag."""
+    vmax, has_nan, _ = _row_stats(row)
+    flag = _special_row(row, out_row, vmax, has_nan)
+    if flag != NORMAL:
+        return flag
+    d = row.shape[0]
+    q = 1.0 / (p - 1.0)
+    k = 0
+    for i in range(d):
+        v = (row[i] - vmax) * inv_gamma
+        if v > -1.0:
+            vals[k] = v
+            k += 1
+    tau = _pnorm_threshold(vals, k, 0.0, p)
+    s_u, s_ut, _ = _pnorm_terms(vals, k, tau, q)
+    scale = s_ut ** ((p - 2.0) / p)  # ||u||_p^(p-2)
+    total = 0.0
+    for i in range(d):
+        t = (row[i] - vmax) * inv_gamma - tau
+        if t > 0.0:
+            u = _power(t, q)
+            out_row[i] = scale * u
+            total += scale * u
+        else:
+            out_row[i] = 0.0
+    # Renormalise away the last rounding errors of the root.
+    for i in range(d):
+        out_row[i] /= total
+    return NORMAL
+
+
+@_jit
+def sq_pnorm_max_forward(x, mask, out, aux, inv_gamma, p, lo, hi):
     d = x.shape[1]
     vals = np.empty(d)
-    q = 1.0 / (p - 1.0)
+    masked = np.empty(d)
     for r in range(lo, hi):
-        row = x[r]
-        vmax, has_nan, _ = _row_stats(row)
-        aux[r, 0] = _special_row(row, out[r], vmax, has_nan)
-        if aux[r, 0] != NORMAL:
-            continue
-        k = 0
-        for i in range(d):
-            v = (row[i] - vmax) * inv_gamma
-            if v > -1.0:
-                vals[k] = v
-                k += 1
-        tau = _pnorm_threshold(vals, k, 0.0, p)
-        s_u, s_ut, _ = _pnorm_terms(vals, k, tau, q)
-        scale = s_ut ** ((p - 2.0) / p)  # ||u||_p^(p-2)
-        total = 0.0
-        for i in range(d):
-            t = (row[i] - vmax) * inv_gamma - tau
-            if t > 0.0:
-                u = _power(t, q)
-                out[r, i] = scale * u
-                total += scale * u
-            else:
-                out[r, i] = 0.0
-        # Renormalise away the last rounding errors of the root.
-        for i in range(d):
-            out[r, i] /= total
+        if mask is None:
+            aux[r, 0] = _sq_pnorm_max_row(x[r], out[r], inv_gamma, p, vals)
+        else:
+            _masked_row(x, mask, r, masked)
+            aux[r, 0] = _sq_pnorm_max_row(masked, out[r], inv_gamma, p, vals)
 
 
 @_jit
@@ -840,26 +894,37 @@ def _entmax15_threshold(vals, k, vmax):
 
 
 @_jit
-def entmax15_forward(x, out, aux, inv_gamma, param, lo, hi):
+def _entmax15_row(row, out_row, inv_gamma, vals):
+    """Write 1.5-entmax(row * inv_gamma) to ``out_row``; return the row flag."""
+    vmax, has_nan, _ = _row_stats(row)
+    flag = _special_row(row, out_row, vmax, has_nan)
+    if flag != NORMAL:
+        return flag
+    half = 0.5 * inv_gamma  # entmax15(x) thresholds x / 2
+    k = 0
+    for i in range(row.shape[0]):
+        v = (row[i] - vmax) * half
+        if v > -1.0:
+            vals[k] = v
+            k += 1
+    tau = _entmax15_threshold(vals, k, 0.0)
+    for i in range(row.shape[0]):
+        t = (row[i] - vmax) * half - tau
+        out_row[i] = t * t if t > 0.0 else 0.0
+    return NORMAL
+
+
+@_jit
+def entmax15_forward(x, mask, out, aux, inv_gamma, param, lo, hi):
     d = x.shape[1]
     vals = np.empty(d)
-    half = 0.5 * inv_gamma  # entmax15(x) thresholds x / 2
+    masked = np.empty(d)
     for r in range(lo, hi):
-        row = x[r]
-        vmax, has_nan, _ = _row_stats(row)
-        aux[r, 0] = _special_row(row, out[r], vmax, has_nan)
-        if aux[r, 0] != NORMAL:
-            continue
-        k = 0
-        for i in range(d):
-            v = (row[i] - vmax) * half
-            if v > -1.0:
-                vals[k] = v
-                k += 1
-        tau = _entmax15_threshold(vals, k, 0.0)
-        for i in range(d):
-            t = (row[i] - vmax) * half - tau
-            out[r, i] = t * t if t > 0.0 else 0.0
+        if mask is None:
+            aux[r, 0] = _entmax15_row(x[r], out[r], inv_gamma, vals)
+        else:
+            _masked_row(x, mask, r, masked)
+            aux[r, 0] = _entmax15_row(masked, out[r], inv_gamma, vals)
 
 
 @_jit
@@ -906,21 +971,21 @@ BACKWARD = {
 # numba.get_num_threads), so the parallel drivers select the kernel by its number and
 # take the number of chunks, one per thread.
 @_jit(parallel=True)
-def forward_parallel(kind, chunks, x, out, aux, inv_gamma, param):
+def forward_parallel(kind, chunks, x, mask, out, aux, inv_gamma, param):
     n = x.shape[0]
     for c in prange(chunks):
         lo = c * n // chunks
         hi = (c + 1) * n // chunks
         if kind == SPARSEMAX:
-            sparsemax_forward(x, out, aux, inv_gamma, param, lo, hi)
+            sparsemax_forward(x, mask, out, aux, inv_gamma, param, lo, hi)
         elif kind == FUSEDMAX:
-            fusedmax_forward(x, out, aux, inv_gamma, param, lo, hi)
+            fusedmax_forward(x, mask, out, aux, inv_gamma, param, lo, hi)
         elif kind == OSCARMAX:
-            oscarmax_forward(x, out, aux, inv_gamma, param, lo, hi)
+            oscarmax_forward(x, mask, out, aux, inv_gamma, param, lo, hi)
         elif kind == SQ_PNORM_MAX:
-            sq_pnorm_max_forward(x, out, aux, inv_gamma, param, lo, hi)
+            sq_pnorm_max_forward(x, mask, out, aux, inv_gamma, param, lo, hi)
         else:
-            entmax15_forward(x, out, aux, inv_gamma, param, lo, hi)
+            entmax15_forward(x, mask, out, aux, inv_gamma, param, lo, hi)
 
 
 @_jit(parallel=True)

@@ -30,7 +30,12 @@ def mapping_forward(
     scores: torch.Tensor, dim: int, mask: torch.Tensor | None, kind: int, gamma: float,
     param: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
-    return F.kernel_forward(scores, dim, mask, kind, gamma, param, keep_y=True)
+    result, saved_y, aux = F.kernel_forward(scores, dim, mask, kind, gamma, param, keep_y=True)
+    if saved_y is None:  # the structured maps' backward needs their group ids only
+        saved_y = torch.empty(0, dtype=F._compute_dtype(scores.dtype))
+    else:
+        saved_y = torch.from_numpy(saved_y)
+    return result, saved_y, torch.from_numpy(aux)
 
 
 @mapping_forward.register_fake
@@ -50,7 +55,7 @@ def mapping_backward(
     saved_y: torch.Tensor, aux: torch.Tensor, grad_output: torch.Tensor, dim: int, kind: int,
     gamma: float, param: float,
 ) -> torch.Tensor:  # fmt: skip
-    grad = F.kernel_backward(saved_y, aux, grad_output, dim, kind, gamma, param)
+    grad = F.kernel_backward(saved_y.numpy(), aux.numpy(), grad_output, dim, kind, gamma, param)
     return grad.contiguous()  # as the fake kernel says
 
 

@@ -17,6 +17,7 @@ import numbers
 import os
 
 import numba
+import numpy as np
 import torch
 from torch.autograd.function import once_differentiable
 
@@ -105,39 +106,58 @@ def _compute_dtype(dtype):
     return torch.float32 if dtype in _HALF_TYPES else dtype
 
 
-_NEG_INF = {dtype: torch.tensor(-math.inf, dtype=dtype) for dtype in (torch.float32, torch.float64)}
+def _layout(shape, dim):
+    """(outer, d, inner): the sizes before ``dim``, along it and after it."""
+    return math.prod(shape[:dim]), shape[dim], math.prod(shape[dim + 1 :])
 
 
-def _to_rows(tensor, dim, mask=None):
-    """``tensor`` as a C-contiguous CPU (rows, d) tensor with ``dim`` last; masked
-    positions become -inf. (Decoder steps call this with a few thousand scores,
-    where every extra tensor operation shows: one pass writes the rows.)"""
+def _input_rows(array, dim, layout):
+    """``array`` (numpy) as (rows, d) with ``dim`` last, for a kernel to read: a view
+    of it when the dims of size > 1 are all on one side of ``dim`` ((..., d) along
+    the last dim, (d, batch) along the first), a copy otherwise."""
+    outer, d, inner = layout
+    if inner == 1:
+        return array.reshape(outer, d)
+    if outer == 1:
+        return array.reshape(d, inner).T
+    return np.moveaxis(array, dim, -1).reshape(outer * inner, d)
+
+
+def _output_rows(shape, dim, layout, dtype):
+    """A new tensor for a kernel to write through ``rows``, its (rows, d) numpy view.
+
+    When such a view of a tensor of ``shape`` exists (see ``_input_rows``), the
+    kernel writes the result in place; otherwise the tensor has ``dim`` moved last,
+    and ``_finished`` moves it back (a copy)."""
+    outer, d, inner = layout
+    if inner == 1 or outer == 1:
+        tensor = torch.empty(shape, dtype=dtype)
+        return tensor, _input_rows(tensor.numpy(), dim, layout)
+    tensor = torch.empty((*shape[:dim], *shape[dim + 1 :], d), dtype=dtype)
+    return tensor, tensor.numpy().reshape(outer * inner, d)
+
+
+def _finished(tensor, like, dim, layout):
+    """A tensor of ``_output_rows`` with the shape, dtype and device of ``like``."""
+    outer, _, inner = layout
+    if not (inner == 1 or outer == 1):
+        tensor = tensor.movedim(-1, dim).contiguous()
+    if tensor.dtype != like.dtype or tensor.device != like.device:
+        tensor = tensor.to(device=like.device, dtype=like.dtype)
+    return tensor
+
+
+def _numpy(tensor, dtype):
+    """``tensor`` as a numpy array of ``dtype`` (a view when it already is one)."""
     if tensor.device.type != "cpu":
         tensor = tensor.cpu()
-        mask = None if mask is None else mask.cpu()
-    if dim != tensor.dim() - 1:
-        tensor = tensor.movedim(dim, -1)
-        mask = None if mask is None else mask.movedim(dim, -1)
-    dtype = _compute_dtype(tensor.dtype)
-    if mask is None:
-        return tensor.to(dtype).reshape(-1, tensor.shape[-1]).contiguous()
-    rows = torch.empty(tensor.shape, dtype=dtype)
-    torch.where(mask, tensor.to(dtype), _NEG_INF[dtype], out=rows)  # .to: half types
-    return rows.view(-1, tensor.shape[-1])
-
-
-def _from_rows(rows, like, dim):
-    if dim != like.dim() - 1:
-        rows = rows.view(like.movedim(dim, -1).shape).movedim(-1, dim)
-    else:
-        rows = rows.view(like.shape)
-    if rows.dtype != like.dtype or rows.device != like.device:
-        rows = rows.to(device=like.device, dtype=like.dtype)
-    return rows
+    if tensor.dtype != dtype:
+        tensor = tensor.to(dtype)
+    return (tensor.detach() if tensor.requires_grad else tensor).numpy()
 
 
 def _parallel_chunks(rows):
-    if rows.numel() < _PARALLEL_MIN_NUMEL or not _parallel_allowed:
+    if rows.size < _PARALLEL_MIN_NUMEL or not _parallel_allowed:
         return 1
     return min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS, rows.shape[0])
 
@@ -173,44 +193,43 @@ def _run_kernel(kernels, parallel, kind, rows, *args):
 
 # ------------------------------------------------------------- compiled-kernel maps
 
+# Decoder steps call the maps with a few thousand scores, where each tensor operation
+# costs about as much as the kernel itself: the kernels read the scores and the mask
+# and write the output through numpy views of the tensors (any strides), so a call
+# is two allocations and one kernel, with no transposed or masked copies.
+
 
 def kernel_forward(scores, dim, mask, kind, gamma, param, keep_y):
     """Run a forward kernel of ``regattn._cpu``: returns the output (a tensor of its
     own, never a view: autograd refuses in-place operations on views of a Function's
-    outputs), what the backward needs of y (empty unless ``keep_y``; the structured
-    maps need only their group ids) and the kernel's aux array."""
-    rows = _to_rows(scores, dim, mask)
-    # The kernel writes ``out`` as rows. When only size-1 dims follow ``dim``, rows are
-    # already in the scores' memory order and ``out`` can have the scores' shape.
-    in_place = all(size == 1 for size in scores.shape[dim + 1 :])
-    shape = list(scores.shape)
-    if not in_place:
-        shape.append(shape.pop(dim))
-    out = torch.empty(shape, dtype=rows.dtype)
-    out_rows = out.view(rows.shape)
+    outputs), what the backward needs of y (a numpy (rows, d) copy when ``keep_y``
+    for the threshold maps, else None; the structured maps need only their group
+    ids) and the kernel's aux array (numpy)."""
+    layout = _layout(scores.shape, dim)
+    dtype = _compute_dtype(scores.dtype)
+    x = _input_rows(_numpy(scores, dtype), dim, layout)
+    valid = None if mask is None else _input_rows(_numpy(mask, torch.bool), dim, layout)
+    out, out_rows = _output_rows(scores.shape, dim, layout, dtype)
     structured = kind in _cpu.STRUCTURED
-    aux = torch.empty((rows.shape[0], rows.shape[1] if structured else 1), dtype=torch.int32)
-    args = (rows.numpy(), out_rows.numpy(), aux.numpy(), 1.0 / gamma, param)
-    _run_kernel(_cpu.FORWARD, _cpu.forward_parallel, kind, rows, *args)
-    result = out if in_place else out.movedim(-1, dim).contiguous()  # a copy
-    if result.dtype != scores.dtype or result.device != scores.device:
-        result = result.to(device=scores.device, dtype=scores.dtype)
-    if structured or not keep_y:
-        saved_y = torch.empty(0, dtype=rows.dtype)
-    else:  # y must not see in-place changes to the returned tensor
-        saved_y = out_rows.clone() if result is out else out_rows
-    return result, saved_y, aux
+    aux = np.empty((x.shape[0], x.shape[1] if structured else 1), dtype=np.int32)
+    _run_kernel(
+        _cpu.FORWARD, _cpu.forward_parallel, kind, x, x, valid, out_rows, aux, 1.0 / gamma, param
+    )
+    # y must not see in-place changes to the returned tensor: a copy.
+    saved_y = out_rows.copy() if keep_y and not structured else None
+    return _finished(out, scores, dim, layout), saved_y, aux
 
 
 def kernel_backward(saved_y, aux, grad_output, dim, kind, gamma, param):
     """The vector-Jacobian product of ``kernel_forward``'s output with grad_output."""
-    g = _to_rows(grad_output, dim)
+    layout = _layout(grad_output.shape, dim)
+    dtype = _compute_dtype(grad_output.dtype)
+    g = _input_rows(_numpy(grad_output, dtype), dim, layout)
     y = g if kind in _cpu.STRUCTURED else saved_y  # the structured maps use its shape only
-    g = g.to(y.dtype)
-    grad = torch.empty_like(g)
-    args = (y.numpy(), aux.numpy(), g.numpy(), grad.numpy(), 1.0 / gamma, param)
+    grad, grad_rows = _output_rows(grad_output.shape, dim, layout, dtype)
+    args = (y, aux, g, grad_rows, 1.0 / gamma, param)
     _run_kernel(_cpu.BACKWARD, _cpu.backward_parallel, kind, g, *args)
-    return _from_rows(grad, grad_output, dim)
+    return _finished(grad, grad_output, dim, layout)
 
 
 class _CompiledMapping(torch.autograd.Function):
@@ -222,16 +241,30 @@ class _CompiledMapping(torch.autograd.Function):
     def forward(ctx, scores, dim, mask, kind, gamma, param):
         keep_y = ctx.needs_input_grad[0]
         result, saved_y, aux = kernel_forward(scores, dim, mask, kind, gamma, param, keep_y)
-        ctx.save_for_backward(saved_y, aux)
+        # numpy arrays private to this call (not tensors a user could modify), so they
+        # are kept on ctx without save_for_backward's version checks.
+        ctx.saved_y, ctx.aux = saved_y, aux
         ctx.dim, ctx.kind, ctx.gamma, ctx.param = dim, kind, gamma, param
         return result
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_output):
-        saved_y, aux = ctx.saved_tensors
-        grad = kernel_backward(saved_y, aux, grad_output, ctx.dim, ctx.kind, ctx.gamma, ctx.param)
-        return grad, None, None, None, None, None
+        if torch.is_grad_enabled():  # create_graph=True: a second derivative may follow
+            return _backward_once_differentiable(ctx, grad_output)
+        return _backward(ctx, grad_output)
+
+
+def _backward(ctx, grad_output):
+    grad = kernel_backward(
+        ctx.saved_y, ctx.aux, grad_output, ctx.dim, ctx.kind, ctx.gamma, ctx.param
+    )
+    return grad, None, None, None, None, None
+
+
+# The kernels' gradient is not differentiable itself: under create_graph, a second
+# derivative through it raises a clear error (plain backward, the common case, skips
+# the wrapper's cost, a sizeable part of a decoder step's call).
+_backward_once_differentiable = once_differentiable(_backward)
 
 
 def _traced(scores):
