@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint format bench clean data-samples smoke reproduce
+.PHONY: install test lint format bench clean data-samples smoke reproduce docs
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,28 @@ smoke reproduce: data-samples
 	$(PY) scripts/train.py -m +experiment=quick_all profile=$(PROFILE)
 	$(PY) scripts/make_tables.py results/$(PROFILE)
 	$(PY) scripts/plot_attention.py results/$(PROFILE)
+
+# The HTML API reference of the package regattn (its public names, from the
+# docstrings) in build/docs, by pdoc. pdoc prints nothing when all is well and reports
+# problems (a docstring or annotation it cannot handle, an import that fails) as
+# warnings without failing, so any output fails the build. tests/test_docs.py builds
+# the same pages with the same arguments.
+DOCS_STAMP := $(VENV)/.installed-docs
+PDOC_OPTIONS := --docformat restructuredtext
+PDOC_MODULES := regattn
+
+$(DOCS_STAMP): $(STAMP)
+	$(PIP) install --quiet -c constraints.txt -e ".[docs]"
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	rm -rf build/docs
+	mkdir -p build
+	$(PY) -m pdoc $(PDOC_OPTIONS) -o build/docs $(PDOC_MODULES) > build/pdoc.log 2>&1 \
+		|| { cat build/pdoc.log; echo "make docs: pdoc failed"; exit 1; }
+	@if [ -s build/pdoc.log ]; then \
+		cat build/pdoc.log; echo "make docs: pdoc printed the warnings above"; exit 1; fi
+	@echo "API reference: build/docs/index.html"
 
 bench: $(STAMP)
 	$(PY) scripts/bench_ops.py --threads 1

@@ -10,18 +10,26 @@ Attention" (NIPS 2017). Every mapping sends scores to probability distributions:
 tensor([0.0000, 0.5000, 0.5000])
 """
 
+from . import losses, nn
+from .dot_product import attention
 from .functional import entmax15, fusedmax, oscarmax, softmax, sparsemax, sq_pnorm_max
+from .losses import FenchelYoungLoss, fenchel_young_loss
 from .registry import MAPPINGS, Mapping, get_mapping, mapping_params
 from .regularizers import max_omega, omega
 
 __all__ = [
     "MAPPINGS",
+    "FenchelYoungLoss",
     "Mapping",
+    "attention",
     "entmax15",
+    "fenchel_young_loss",
     "fusedmax",
     "get_mapping",
+    "losses",
     "mapping_params",
     "max_omega",
+    "nn",
     "omega",
     "oscarmax",
     "softmax",

@@ -1,4 +1,4 @@
-"""The operator contracts of DESIGN section 3: shapes, dims, masks, special values,
+"""The operator contracts of docs/design.md section 3: shapes, dims, masks, special values,
 dtypes, devices and errors."""
 
 import math

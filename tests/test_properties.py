@@ -1,4 +1,4 @@
-"""Properties and identities of the mappings (DESIGN section 8), with hypothesis
+"""Properties and identities of the mappings (docs/design.md section 8), with hypothesis
 drawing random shapes, masks and magnitudes."""
 
 import math
