@@ -42,7 +42,25 @@ def _check_number(name, value, allowed, ok):
     return float(value)
 
 
+def _check_tensor_param(name, value, allowed, ok):
+    """A tensor parameter (learnable, one value per row): floating point, and
+    ``ok`` elementwise. Its shape is checked against the scores at the call."""
+    if not value.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got {value.dtype}")
+    if value.numel() and not bool(ok(value.detach()).all()):  # one sync, at validation
+        bad = value.detach()[~ok(value.detach())][0].item()
+        raise ValueError(
+            f"{name} must be {allowed} elementwise, got a tensor of shape "
+            f"{tuple(value.shape)} holding {bad!r}"
+        )
+    return value
+
+
 def check_gamma(gamma):
+    if isinstance(gamma, torch.Tensor):
+        return _check_tensor_param(
+            "gamma", gamma, "finite and > 0", lambda g: (g > 0) & (g < math.inf)
+        )
     return _check_number("gamma", gamma, "a finite number > 0", lambda v: 0 < v < math.inf)
 
 
@@ -278,10 +296,46 @@ def _traced(scores):
     )
 
 
+def _per_row(value, name, scores, dim):
+    """A tensor parameter with one value per row, shaped to broadcast against the
+    scores: it must broadcast to their shape without ``dim``."""
+    rows_shape = scores.shape[:dim] + scores.shape[dim + 1 :]
+    try:
+        if torch.broadcast_shapes(value.shape, rows_shape) != rows_shape:
+            raise RuntimeError
+    except RuntimeError:
+        raise ValueError(
+            f"{name} of shape {tuple(value.shape)} does not broadcast to the scores' shape "
+            f"without dim {dim}, {tuple(rows_shape)} (one value per distribution)"
+        ) from None
+    if value.device != scores.device:
+        raise ValueError(
+            f"{name} is on {value.device} but scores are on {scores.device}: put both on "
+            "the same device"
+        )
+    return value.expand(rows_shape).unsqueeze(dim)
+
+
+def _divided(scores, dim, mask, gamma):
+    """scores / gamma for a tensor gamma, computed on scores shifted by their row's
+    largest kept value (every map is shift invariant), so that no finite score
+    overflows; autograd differentiates the division with respect to gamma."""
+    dtype = _compute_dtype(scores.dtype)
+    scores = scores.to(dtype)
+    kept = scores if mask is None else scores.masked_fill(~mask, -math.inf)
+    top = kept.detach().amax(dim, keepdim=True)
+    top = torch.where(torch.isfinite(top), top, 0.0)  # rows with +inf, NaN or no score
+    return (scores - top) / _per_row(gamma, "gamma", scores, dim).to(dtype)
+
+
 def _compiled(scores, dim, mask, gamma, kind, param=0.0):
     dim = _check_scores(scores, dim)
     gamma = check_gamma(gamma)
     mask = _check_mask(mask, scores)
+    if isinstance(gamma, torch.Tensor):
+        dtype = scores.dtype
+        result = _compiled(_divided(scores, dim, mask, gamma), dim, mask, 1.0, kind, param)
+        return result.to(dtype)
     if _traced(scores) or (mask is not None and _traced(mask)):
         from . import _ops
 
@@ -343,7 +397,9 @@ def softmax(scores, dim=-1, *, gamma=1.0, mask=None):
     gamma = check_gamma(gamma)
     mask = _check_mask(mask, scores)
     z = scores.to(_compute_dtype(scores.dtype))
-    if gamma != 1.0:
+    if isinstance(gamma, torch.Tensor):
+        z = z / _per_row(gamma, "gamma", z, dim).to(z.dtype)
+    elif gamma != 1.0:
         z = z / gamma
     if _traced(scores) or (mask is not None and _traced(mask)):
         return _traceable_softmax(z, dim, mask).to(scores.dtype)

@@ -63,6 +63,12 @@ class Mapping(torch.nn.Module):
         self.name = name
         self.dim = dim
         self.params = {**mapping_params(name), **self.function.keywords}
+        # A learnable parameter belongs to the module, so that optimizers and state
+        # dicts see it (e.g. gamma=torch.nn.Parameter(torch.ones(heads, 1)) for
+        # scores of shape (batch, heads, queries, keys)).
+        for key, value in params.items():
+            if isinstance(value, torch.nn.Parameter):
+                self.register_parameter(key, value)
 
     def forward(self, scores, mask=None):
         return self.function(scores, dim=self.dim, mask=mask)

@@ -159,31 +159,38 @@ def omega(y, name, dim=-1, *, mask=None, **params):
 
 class _MaxOmega(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, scores, dim, mask, name, params):
+    def forward(ctx, scores, gamma, dim, mask, name, params):
+        # gamma is an argument of its own so that a tensor gamma gets its gradient.
+        params = {**params, "gamma": gamma}
         y = _lookup(name)(scores, dim=dim, mask=mask, **params)
         valid = scores != -math.inf
         if mask is not None:
             valid = valid & mask
         x = scores.movedim(dim, -1).masked_fill(~valid.movedim(dim, -1), 0.0)
         y_last, valid_last = y.movedim(dim, -1), valid.movedim(dim, -1)
-        value = (y_last * x).sum(-1) - params["gamma"] * _omega_last(
-            name, y_last, valid_last, params
-        )
+        regularizer = _omega_last(name, y_last, valid_last, params)
+        value = (y_last * x).sum(-1) - gamma * regularizer
         # An empty row has no maximiser; its value is defined as 0.
-        value = torch.where(valid_last.any(-1), value, 0.0)
-        ctx.save_for_backward(scores, y)
+        live = valid_last.any(-1)
+        value = torch.where(live, value, 0.0)
+        ctx.save_for_backward(scores, y, torch.where(live, regularizer, 0.0))
         ctx.dim, ctx.mask, ctx.name, ctx.params = dim, mask, name, params
+        ctx.gamma_shape = gamma.shape if isinstance(gamma, torch.Tensor) else None
         return value
 
     @staticmethod
     def backward(ctx, grad_value):
-        scores, y = ctx.saved_tensors
+        scores, y, regularizer = ctx.saved_tensors
         if torch.is_grad_enabled():
             # create_graph: the gradient must itself be differentiable, and the saved y
             # carries no graph; the mapping, run again, does (its Jacobian is the
             # Hessian of max_Omega).
             y = _lookup(ctx.name)(scores, dim=ctx.dim, mask=ctx.mask, **ctx.params)
-        return grad_value.unsqueeze(ctx.dim) * y, None, None, None, None
+        grad_gamma = None
+        if ctx.needs_input_grad[1]:
+            # Danskin: the derivative of the max in gamma is -Omega at the maximiser.
+            grad_gamma = (-grad_value * regularizer).sum_to_size(ctx.gamma_shape)
+        return grad_value.unsqueeze(ctx.dim) * y, grad_gamma, None, None, None, None
 
 
 def max_omega(scores, name, dim=-1, *, mask=None, **params):
@@ -218,4 +225,5 @@ def max_omega(scores, name, dim=-1, *, mask=None, **params):
     mask = F._check_mask(mask, scores)
     params = {**mapping_params(name), **_checked_params(name, params)}
     z = scores.to(F._compute_dtype(scores.dtype))
-    return _MaxOmega.apply(z, dim, mask, name, params).to(scores.dtype)
+    gamma = params.pop("gamma")
+    return _MaxOmega.apply(z, gamma, dim, mask, name, params).to(scores.dtype)

@@ -1,0 +1,123 @@
+"""Tensor (learnable) parameters: gamma for every mapping, one value per distribution
+(for example per head), with exact gradients; validation elementwise."""
+
+import pytest
+import torch
+
+import regattn
+
+NAMES = sorted(regattn.MAPPINGS)
+
+
+def scores_and_mask(shape=(3, 4, 7), seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    scores = torch.randn(shape, generator=generator, dtype=torch.float64)
+    mask = torch.rand(shape, generator=generator) > 0.3
+    mask[..., 0] = True
+    return scores.requires_grad_(), mask
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("gamma_shape", [(4,), (3, 4), (3, 1), ()])
+def test_gamma_tensor_gradcheck(name, gamma_shape):
+    scores, mask = scores_and_mask()
+    generator = torch.Generator().manual_seed(1)
+    gamma = 0.5 + torch.rand(gamma_shape, generator=generator, dtype=torch.float64)
+    gamma.requires_grad_()
+    mapping = regattn.MAPPINGS[name]
+    assert torch.autograd.gradcheck(
+        lambda x, g: mapping(x, -1, gamma=g, mask=mask), (scores, gamma)
+    )
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_gamma_tensor_equals_the_number_it_holds(name):
+    scores, mask = scores_and_mask()
+    mapping = regattn.MAPPINGS[name]
+    by_tensor = mapping(scores, 1, gamma=torch.full((3, 7), 0.6, dtype=torch.float64), mask=mask)
+    by_number = mapping(scores, 1, gamma=0.6, mask=mask)
+    torch.testing.assert_close(by_tensor, by_number, rtol=0, atol=1e-14)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_per_head_gamma_is_each_heads_own_temperature(name):
+    scores, _ = scores_and_mask((2, 3, 5, 6))  # batch x heads x queries x keys
+    gamma = torch.tensor([0.5, 1.0, 2.0], dtype=torch.float64).view(3, 1)
+    out = regattn.MAPPINGS[name](scores, gamma=gamma)
+    for head, value in enumerate(gamma.flatten().tolist()):
+        expected = regattn.MAPPINGS[name](scores[:, head], gamma=value)
+        torch.testing.assert_close(out[:, head], expected, rtol=0, atol=1e-14)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_gamma_tensor_keeps_huge_scores_finite_and_half_types(name):
+    scores = torch.tensor([[1e300, 5e299, 0.0], [1.0, 2.0, 3.0]], dtype=torch.float64)
+    out = regattn.MAPPINGS[name](scores, gamma=torch.tensor([1e-3, 2.0], dtype=torch.float64))
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out.sum(-1), torch.ones(2, dtype=torch.float64))
+    half = regattn.MAPPINGS[name](scores.float().bfloat16()[1:], gamma=torch.tensor([0.5]))
+    assert half.dtype == torch.bfloat16
+
+
+def test_gamma_is_learned_per_head():
+    """A per-head temperature trained to make head 0 sharper and head 1 flatter."""
+    torch.manual_seed(0)
+    scores = torch.randn(16, 2, 10)
+    log_gamma = torch.zeros(2, requires_grad=True)  # rows are (batch, head)
+    optimizer = torch.optim.SGD([log_gamma], lr=0.5)
+    target_support = torch.tensor([1.0, 8.0])
+    for _ in range(60):
+        attn = regattn.entmax15(scores, gamma=log_gamma.exp())
+        # Smooth stand-in for the support size: the inverse of the sum of squares.
+        support = 1.0 / (attn**2).sum(-1).mean(0)
+        loss = ((support - target_support) ** 2).sum()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    gamma = log_gamma.exp().flatten()
+    assert gamma[0] < 0.8 < 1.5 < gamma[1], gamma
+
+
+def test_mapping_module_registers_a_learnable_gamma():
+    gamma = torch.nn.Parameter(torch.ones(4))  # one per row of the (2, 4) rows
+    module = regattn.Mapping("sparsemax", gamma=gamma)
+    assert [name for name, _ in module.named_parameters()] == ["gamma"]
+    module(torch.randn(2, 4, 5)).sum().backward()
+    assert gamma.grad is not None
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_losses_and_max_omega_differentiate_gamma(name):
+    scores, mask = scores_and_mask()
+    gamma = torch.tensor([0.7, 1.3, 0.9, 1.1], dtype=torch.float64, requires_grad=True)
+    target = torch.zeros(3, 4, dtype=torch.long)  # position 0 always takes part
+    assert torch.autograd.gradcheck(
+        lambda x, g: regattn.max_omega(x, name, gamma=g, mask=mask), (scores, gamma)
+    )
+    assert torch.autograd.gradcheck(
+        lambda x, g: regattn.fenchel_young_loss(x, target, name, gamma=g, mask=mask),
+        (scores, gamma),
+    )
+
+
+@pytest.mark.parametrize(
+    "gamma, error, match",
+    [
+        (
+            torch.tensor([1.0, 0.0, 1.0, 1.0]),
+            ValueError,
+            r"gamma must be finite and > 0 elementwise.*0\.0",
+        ),
+        (torch.tensor([1.0, -2.0, 1.0, 1.0]), ValueError, r"gamma must be finite and > 0.*-2\.0"),
+        (torch.tensor([1.0, float("nan"), 1.0, 1.0]), ValueError, r"gamma must be finite"),
+        (torch.tensor([1.0, float("inf"), 1.0, 1.0]), ValueError, r"gamma must be finite"),
+        (torch.tensor([1, 2, 1, 1]), TypeError, r"gamma must be a floating-point tensor"),
+        (torch.ones(5), ValueError, r"gamma of shape \(5,\) does not broadcast to .*\(3, 4\)"),
+        (torch.ones(3, 4, 7), ValueError, r"gamma of shape \(3, 4, 7\) does not broadcast"),
+    ],
+)
+@pytest.mark.parametrize("name", NAMES)
+def test_bad_gamma_tensors_are_refused_clearly(name, gamma, error, match):
+    scores = torch.randn(3, 4, 7)
+    with pytest.raises(error, match=match):
+        regattn.MAPPINGS[name](scores, gamma=gamma)
