@@ -262,6 +262,18 @@ def cpu_model():
     return None
 
 
+def provenance(report):
+    """When, at which commit and on what a report was measured, as one line."""
+    git = report["git"]
+    commit = (git["commit"] or "unknown")[:12] + (" (dirty)" if git["dirty"] else "")
+    machine = report["machine"]
+    cpu = machine["cpu_model"] or machine["processor"] or "unknown CPU"
+    return (
+        f"{report['date']}, commit {commit}, {cpu} ({machine['cpu_count']} CPUs), "
+        f"torch {machine['versions']['torch']}, numba {machine['versions']['numba']}"
+    )
+
+
 def machine_info():
     affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
     return {
@@ -319,15 +331,10 @@ def markdown(report, impls):
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
         return lines
 
-    git = report["git"]
-    commit = (git["commit"] or "unknown")[:12] + (" (dirty)" if git["dirty"] else "")
-    cpu = report["machine"]["cpu_model"] or report["machine"]["processor"] or "unknown CPU"
     lines = [
         f"# regattn op benchmark, {report['threads']} thread(s)",
         "",
-        f"{report['date']}, commit {commit}, {cpu} ({report['machine']['cpu_count']} CPUs), "
-        f"torch {report['machine']['versions']['torch']}, "
-        f"numba {report['machine']['versions']['numba']}.",
+        f"{provenance(report)}.",
         f"float32, randn scores (seed 0); median of {report['settings']['blocks']} blocks of "
         f"~{report['settings']['block_ms']:g} ms each, run round-robin over the implementations; "
         f"ratio = median over rounds of (block time / {BASELINE} block time of the same "

@@ -139,6 +139,19 @@ def evaluate_seq2seq(cfg, models, task, cpu):
     return result
 
 
+def decode_throughput(run_dir, split="valid", cpu=True):
+    """Sentences per second at which a trained seq2seq run decodes ``split`` (beam
+    search with its beam, as in its evaluation), for timing comparisons."""
+    from fairseq.dataclass.configs import GenerationConfig
+
+    cfg, models, task = _load(run_dir, cpu)
+    generator = task.build_generator(models, GenerationConfig(beam=cfg.task.eval.beam))
+    task.load_dataset(split)  # outside the timing
+    start = time.perf_counter()
+    ids, _, _, _ = _decode(cfg, task, generator, models, split, cpu)
+    return len(ids) / (time.perf_counter() - start)
+
+
 def _references(cfg, task, split, ids):
     """The references of the examples ``ids``: the prepared text (prepare_data.py), not
     the binarized targets, whose out-of-vocabulary words would read <unk>."""
