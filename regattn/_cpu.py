@@ -472,14 +472,15 @@ def _sparsemax_of_groups(group_val, group_size, ngroups, cand_val, cand_size):
 
 @_jit
 def _fusedmax_row(row, out_row, aux_row, inv_gamma, lam, scratch, idx, seg, knots, bounds):
-    """Write fusedmax(row * inv_gamma) to ``out_row`` and the group ids to ``aux_row``."""
+    """Write fusedmax(row * inv_gamma) to ``out_row`` and the group ids to ``aux_row``;
+    return the number of TV segments (0 for a special row)."""
     buf, z, ones, cand_val, cand_size = scratch[0], scratch[1], scratch[2], scratch[3], scratch[4]
     d = row.shape[0]
     m, vmax, has_nan = _compact_row(row, inv_gamma, buf, idx)
     flag = _special_row(row, out_row, vmax, has_nan)
     if flag != NORMAL:
         aux_row[:] = flag  # NO_GRAD or NAN_ROW
-        return
+        return 0
     _tv_prox(buf, m, lam, z, seg, knots, bounds)
     tau = _sparsemax_of_groups(z, ones, m, cand_val, cand_size)
     if m == d:  # nothing masked: position j is kept position j
@@ -495,6 +496,7 @@ def _fusedmax_row(row, out_row, aux_row, inv_gamma, lam, scratch, idx, seg, knot
             if v > 0.0:
                 out_row[idx[j]] = v
                 aux_row[idx[j]] = seg[j]
+    return seg[m - 1] + 1
 
 
 @_jit
@@ -606,12 +608,47 @@ def _argsort_desc(vals, m, order, keys, spare, counts):
     for i in range(m):
         order[i] = source[i] & np.int64(0xFFFFFFFF)
     if not _insertion_sort_desc(vals, order, 1, m, 8 * m):
-        order[:m] = np.argsort(-vals[:m], kind="mergesort")
+        _merge_sort_desc(vals, m, order, keys)
+
+
+@_jit
+def _merge_sort_desc(vals, m, order, spare):
+    """Indices of ``vals[:m]`` in non-increasing order of value, ties in increasing
+    order of index (the result of a stable argsort of ``-vals[:m]``), written to
+    ``order``: a bottom-up merge sort, O(m log m) in all cases, with ``spare`` (m
+    entries) as its buffer. No allocation, so the CUDA kernels can use it too."""
+    for i in range(m):
+        order[i] = i
+    source = order
+    target = spare
+    in_order = True  # whether the sorted runs are in ``order`` (else in ``spare``)
+    width = 1
+    while width < m:
+        for lo in range(0, m, 2 * width):
+            mid = min(lo + width, m)
+            hi = min(lo + 2 * width, m)
+            i = lo
+            j = mid
+            for k in range(lo, hi):
+                # The right run goes first only when strictly larger: ties keep their order.
+                if j < hi and (i == mid or vals[source[j]] > vals[source[i]]):
+                    target[k] = source[j]
+                    j += 1
+                else:
+                    target[k] = source[i]
+                    i += 1
+        source, target = target, source
+        in_order = not in_order
+        width *= 2
+    if not in_order:
+        for i in range(m):
+            order[i] = spare[i]
 
 
 @_jit
 def _oscarmax_row(row, out_row, aux_row, inv_gamma, lam, scratch, indices, counts):
-    """Write oscarmax(row * inv_gamma) to ``out_row`` and the group ids to ``aux_row``."""
+    """Write oscarmax(row * inv_gamma) to ``out_row`` and the group ids to ``aux_row``;
+    return the number of kept positions (0 for a special row)."""
     buf, shifted, block_sum = scratch[0], scratch[1], scratch[2]
     block_size, cand_val, cand_size = scratch[3], scratch[4], scratch[5]
     idx, order, keys, spare = indices[0], indices[1], indices[2], indices[3]
@@ -621,7 +658,7 @@ def _oscarmax_row(row, out_row, aux_row, inv_gamma, lam, scratch, indices, count
     if flag != NORMAL:
         if flag == NAN_ROW:
             aux_row[:] = NAN_ROW
-        return
+        return 0
     out_row[:] = 0.0
     # Signed OWL prox: sort descending, subtract lam * (m - k) from the k-th
     # largest (k = 1..m), fit a non-increasing sequence.
@@ -641,6 +678,7 @@ def _oscarmax_row(row, out_row, aux_row, inv_gamma, lam, scratch, indices, count
             out_row[idx[order[k]]] = v
             aux_row[idx[order[k]]] = b
         start += int(block_size[b])
+    return m
 
 
 @_jit
@@ -665,8 +703,14 @@ def grouped_backward(y, aux, g, grad, inv_gamma, param, lo, hi):
     groups: the sparsemax VJP, then its mean over each group (Niculae & Blondel 2017,
     section 3)."""
     d = y.shape[1]
-    group_sum = np.empty(d)
-    group_size = np.empty(d)
+    _grouped_backward_rows(aux, g, grad, inv_gamma, lo, hi, np.empty(d), np.empty(d))
+
+
+@_jit
+def _grouped_backward_rows(aux, g, grad, inv_gamma, lo, hi, group_sum, group_size):
+    """``grouped_backward`` on rows ``[lo, hi)``, with its per-group sums and sizes in
+    ``group_sum`` and ``group_size`` (d entries each, from the caller)."""
+    d = aux.shape[1]
     for r in range(lo, hi):
         if d > 0 and aux[r, 0] == NAN_ROW:
             grad[r, :] = np.nan
@@ -1002,3 +1046,97 @@ def backward_parallel(kind, chunks, y, aux, g, grad, inv_gamma, param):
             sq_pnorm_max_backward(y, aux, g, grad, inv_gamma, param, lo, hi)
         else:
             entmax15_backward(y, aux, g, grad, inv_gamma, param, lo, hi)
+
+
+# ------------------------------------------------------- learnable lam (tensor lam)
+
+
+@_jit
+def structured_forward_lams(kind, x, mask, out, aux, counts, inv_gamma, lams, lo, hi):
+    """fusedmax or oscarmax with one lam per row (``lams``, float64): the forward of a
+    learnable lam. ``counts[r]`` receives what the lam gradient needs besides the
+    group ids: the number of TV segments (fusedmax) or of kept positions (oscarmax)."""
+    d = x.shape[1]
+    masked = np.empty(d)
+    if kind == FUSEDMAX:
+        scratch = np.empty((5, d))
+        scratch[2] = 1.0
+        idx = np.empty(d, dtype=np.int64)
+        seg = np.empty(d, dtype=np.int32)
+        knots = np.empty((3, 2 * d + 2))
+        bounds = np.empty((3, d))
+        for r in range(lo, hi):
+            args = (out[r], aux[r], inv_gamma, lams[r], scratch, idx, seg, knots, bounds)
+            if mask is None:
+                counts[r] = _fusedmax_row(x[r], *args)
+            else:
+                _masked_row(x, mask, r, masked)
+                counts[r] = _fusedmax_row(masked, *args)
+    else:
+        scratch = np.empty((6, d))
+        indices = np.empty((4, d), dtype=np.int64)
+        sort_counts = np.empty((4, 256), dtype=np.int64)
+        for r in range(lo, hi):
+            args = (out[r], aux[r], inv_gamma, lams[r], scratch, indices, sort_counts)
+            if mask is None:
+                counts[r] = _oscarmax_row(x[r], *args)
+            else:
+                _masked_row(x, mask, r, masked)
+                counts[r] = _oscarmax_row(masked, *args)
+
+
+@_jit
+def structured_lam_grad(kind, y, aux, counts, g, grad_lam, lo, hi):
+    """d<g, y>/d lam per row for fusedmax or oscarmax, from the forward's output ``y``,
+    group ids ``aux`` and ``counts``. With S the support and m_S(g) its mean of g, the
+    sparsemax Jacobian gives sum_{i in S} (g_i - m_S(g)) dz_i/dlam, z the prox:
+
+    * fusedmax: a TV segment G of value z_G = mean_G(x) - lam (s_L + s_R) / |G|, with
+      s_L, s_R the signs of z_G minus its neighbouring segments' values (0 at an end;
+      +1 against a segment outside the support, which lies below the threshold);
+    * oscarmax: a block of sorted ranks k (0 = largest) of the m kept positions has
+      value mean(x_(k) - lam (m - 1 - k)), so dz/dlam = -(m - 1 - its mean rank)."""
+    d = y.shape[1]
+    group_sum = np.empty(d)
+    group_size = np.empty(d)
+    group_y = np.empty(d)
+    for r in range(lo, hi):
+        nb = 0
+        for i in range(d):
+            b = aux[r, i]
+            if b >= 0:
+                nb = max(nb, b + 1)
+        total = 0.0
+        size = 0
+        for b in range(nb):
+            group_sum[b] = 0.0
+            group_size[b] = 0.0
+            group_y[b] = np.nan  # a segment outside the support
+        for i in range(d):
+            b = aux[r, i]
+            if b >= 0:
+                group_sum[b] += g[r, i]
+                group_size[b] += 1.0
+                group_y[b] = y[r, i]
+                total += g[r, i]
+                size += 1
+        grad = 0.0
+        if size > 0:
+            mean = total / size
+            start = 0.0
+            for b in range(nb):
+                if group_size[b] == 0.0:  # fusedmax: a segment outside the support
+                    continue
+                if kind == FUSEDMAX:
+                    sides = 0.0
+                    for neighbour in (b - 1, b + 1):
+                        if 0 <= neighbour < counts[r]:
+                            other = group_y[neighbour] if neighbour < nb else np.nan
+                            sides += 1.0 if other != other else np.sign(group_y[b] - other)
+                    dz = -sides / group_size[b]
+                else:
+                    rank = start + 0.5 * (group_size[b] - 1.0)
+                    dz = -(counts[r] - 1.0 - rank)
+                    start += group_size[b]
+                grad += (group_sum[b] - group_size[b] * mean) * dz
+        grad_lam[r] = grad

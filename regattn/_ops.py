@@ -31,11 +31,15 @@ def mapping_forward(
     param: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
     result, saved_y, aux = F.kernel_forward(scores, dim, mask, kind, gamma, param, keep_y=True)
+    # The CPU kernels save numpy arrays, the CUDA kernels device tensors; the op's
+    # outputs are tensors on the scores' device (a copy only after a CUDA fallback).
     if saved_y is None:  # the structured maps' backward needs their group ids only
         saved_y = torch.empty(0, dtype=F._compute_dtype(scores.dtype))
-    else:
-        saved_y = torch.from_numpy(saved_y)
-    return result, saved_y, torch.from_numpy(aux)
+    return result, _on_device(saved_y, scores.device), _on_device(aux, scores.device)
+
+
+def _on_device(state, device):
+    return (torch.from_numpy(state) if not isinstance(state, torch.Tensor) else state).to(device)
 
 
 @mapping_forward.register_fake
@@ -43,8 +47,8 @@ def _(scores, dim, mask, kind, gamma, param):
     rows, d = _rows_and_width(scores, dim)
     compute = F._compute_dtype(scores.dtype)
     structured = kind in _cpu.STRUCTURED
-    saved_y = scores.new_empty((0,) if structured else (rows, d), dtype=compute, device="cpu")
-    aux = scores.new_empty((rows, d if structured else 1), dtype=torch.int32, device="cpu")
+    saved_y = scores.new_empty((0,) if structured else (rows, d), dtype=compute)
+    aux = scores.new_empty((rows, d if structured else 1), dtype=torch.int32)
     # The real op returns a contiguous tensor, whatever the input's strides.
     out = torch.empty(scores.shape, dtype=scores.dtype, device=scores.device)
     return out, saved_y, aux
@@ -55,7 +59,9 @@ def mapping_backward(
     saved_y: torch.Tensor, aux: torch.Tensor, grad_output: torch.Tensor, dim: int, kind: int,
     gamma: float, param: float,
 ) -> torch.Tensor:  # fmt: skip
-    grad = F.kernel_backward(saved_y.numpy(), aux.numpy(), grad_output, dim, kind, gamma, param)
+    if not grad_output.is_cuda:  # the CPU kernels take numpy arrays
+        saved_y, aux = saved_y.cpu().numpy(), aux.cpu().numpy()
+    grad = F.kernel_backward(saved_y, aux, grad_output, dim, kind, gamma, param)
     return grad.contiguous()  # as the fake kernel says
 
 

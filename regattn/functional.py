@@ -8,8 +8,10 @@ Each mapping sends scores to probability distributions along ``dim``:
 True where a position takes part; masked positions and ``-inf`` scores get exactly
 0, receive no gradient and do not influence the others. Half-precision inputs are
 computed in float32 and returned in their own dtype. CPU tensors run compiled
-kernels (``regattn._cpu``); tensors on other devices are computed on the CPU and
-copied back (softmax runs natively everywhere).
+kernels (``regattn._cpu``), CUDA tensors the same algorithms compiled for the GPU
+(``regattn._cuda``, with numba-cuda installed: the ``cuda`` extra), falling back to
+the CPU kernels with one warning when those cannot run; softmax is PyTorch's on
+every device.
 """
 
 import math
@@ -47,7 +49,8 @@ def _check_tensor_param(name, value, allowed, ok):
     ``ok`` elementwise. Its shape is checked against the scores at the call."""
     if not value.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor, got {value.dtype}")
-    if value.numel() and not bool(ok(value.detach()).all()):  # one sync, at validation
+    # One sync, at validation; a traced tensor has no values to check.
+    if value.numel() and not _traced(value) and not bool(ok(value.detach()).all()):
         bad = value.detach()[~ok(value.detach())][0].item()
         raise ValueError(
             f"{name} must be {allowed} elementwise, got a tensor of shape "
@@ -65,6 +68,10 @@ def check_gamma(gamma):
 
 
 def check_lam(lam):
+    if isinstance(lam, torch.Tensor):
+        return _check_tensor_param(
+            "lam", lam, "finite and >= 0", lambda v: (v >= 0) & (v < math.inf)
+        )
     return _check_number("lam", lam, "a finite number >= 0", lambda v: 0 <= v < math.inf)
 
 
@@ -222,7 +229,15 @@ def kernel_forward(scores, dim, mask, kind, gamma, param, keep_y):
     own, never a view: autograd refuses in-place operations on views of a Function's
     outputs), what the backward needs of y (a numpy (rows, d) copy when ``keep_y``
     for the threshold maps, else None; the structured maps need only their group
-    ids) and the kernel's aux array (numpy)."""
+    ids) and the kernel's aux array (numpy). CUDA tensors run the native kernels
+    of ``regattn._cuda`` (the saved y and aux are then tensors on the device) unless
+    those cannot run, which warns once."""
+    if scores.is_cuda:
+        from . import _cuda  # here, not at the top: regattn._cuda builds on this module
+
+        result = _cuda.try_forward(scores, dim, mask, kind, gamma, param, keep_y)
+        if result is not None:
+            return result
     layout = _layout(scores.shape, dim)
     dtype = _compute_dtype(scores.dtype)
     x = _input_rows(_numpy(scores, dtype), dim, layout)
@@ -240,6 +255,13 @@ def kernel_forward(scores, dim, mask, kind, gamma, param, keep_y):
 
 def kernel_backward(saved_y, aux, grad_output, dim, kind, gamma, param):
     """The vector-Jacobian product of ``kernel_forward``'s output with grad_output."""
+    if grad_output.is_cuda:
+        from . import _cuda
+
+        grad = _cuda.try_backward(saved_y, aux, grad_output, dim, kind, gamma, param)
+        if grad is not None:
+            return grad
+        saved_y, aux = _cuda.host_state(saved_y, aux)  # the CPU kernels take numpy
     layout = _layout(grad_output.shape, dim)
     dtype = _compute_dtype(grad_output.dtype)
     g = _input_rows(_numpy(grad_output, dtype), dim, layout)
@@ -283,6 +305,50 @@ def _backward(ctx, grad_output):
 # derivative through it raises a clear error (plain backward, the common case, skips
 # the wrapper's cost, a sizeable part of a decoder step's call).
 _backward_once_differentiable = once_differentiable(_backward)
+
+
+class _TensorLam(torch.autograd.Function):
+    """fusedmax or oscarmax with one lam per distribution, differentiable in lam:
+    the forward kernel also counts what the lam gradient needs (TV segments, kept
+    positions), and ``_cpu.structured_lam_grad`` computes it from the groups. It runs
+    the CPU kernels, for tensors on any device."""
+
+    @staticmethod
+    def forward(ctx, scores, lam_rows, dim, mask, kind, gamma):
+        layout = _layout(scores.shape, dim)
+        dtype = _compute_dtype(scores.dtype)
+        x = _input_rows(_numpy(scores, dtype), dim, layout)
+        valid = None if mask is None else _input_rows(_numpy(mask, torch.bool), dim, layout)
+        lams = _numpy(lam_rows.reshape(-1), torch.float64)  # in the order of the rows
+        out, out_rows = _output_rows(scores.shape, dim, layout, dtype)
+        aux = np.empty(x.shape, dtype=np.int32)
+        counts = np.empty(x.shape[0], dtype=np.int32)
+        _cpu.structured_forward_lams(
+            kind, x, valid, out_rows, aux, counts, 1.0 / gamma, lams, 0, x.shape[0]
+        )
+        ctx.y, ctx.aux, ctx.counts = out_rows.copy(), aux, counts
+        ctx.dim, ctx.kind, ctx.gamma = dim, kind, gamma
+        ctx.lam_like = (lam_rows.shape, lam_rows.dtype, lam_rows.device)
+        return _finished(out, scores, dim, layout)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output):
+        device = grad_output.device
+        grad_output = grad_output.cpu()
+        grad_scores = grad_lam = None
+        if ctx.needs_input_grad[0]:
+            grad_scores = kernel_backward(
+                None, ctx.aux, grad_output, ctx.dim, ctx.kind, ctx.gamma, 0.0
+            ).to(device)
+        if ctx.needs_input_grad[1]:
+            layout = _layout(grad_output.shape, ctx.dim)
+            g = _input_rows(_numpy(grad_output, torch.from_numpy(ctx.y).dtype), ctx.dim, layout)
+            rows = np.empty(g.shape[0])
+            _cpu.structured_lam_grad(ctx.kind, ctx.y, ctx.aux, ctx.counts, g, rows, 0, len(rows))
+            shape, dtype, lam_device = ctx.lam_like
+            grad_lam = torch.from_numpy(rows).view(shape).to(device=lam_device, dtype=dtype)
+        return grad_scores, grad_lam, None, None, None, None
 
 
 def _traced(scores):
@@ -336,6 +402,14 @@ def _compiled(scores, dim, mask, gamma, kind, param=0.0):
         dtype = scores.dtype
         result = _compiled(_divided(scores, dim, mask, gamma), dim, mask, 1.0, kind, param)
         return result.to(dtype)
+    if isinstance(param, torch.Tensor):  # a learnable lam
+        if _traced(scores) or _traced(param) or (mask is not None and _traced(mask)):
+            raise TypeError(
+                "lam as a tensor works in eager mode only (not under torch.compile, "
+                "torch.export, fake tensors or torch.func); pass a Python number there"
+            )
+        lam_rows = _per_row(param, "lam", scores, dim).squeeze(dim)
+        return _TensorLam.apply(scores, lam_rows, dim, mask, kind, gamma)
     if _traced(scores) or (mask is not None and _traced(mask)):
         from . import _ops
 
@@ -429,7 +503,7 @@ def fusedmax(scores, dim=-1, *, gamma=1.0, lam=0.1, mask=None):
     positions are treated as adjacent.
     """
     lam = check_lam(lam)
-    if lam == 0.0:
+    if not isinstance(lam, torch.Tensor) and lam == 0.0:
         return sparsemax(scores, dim, gamma=gamma, mask=mask)
     return _compiled(scores, dim, mask, gamma, _cpu.FUSEDMAX, lam)
 
@@ -443,7 +517,7 @@ def oscarmax(scores, dim=-1, *, gamma=1.0, lam=0.01, mask=None):
     lam fuses more as the number of positions grows.
     """
     lam = check_lam(lam)
-    if lam == 0.0:
+    if not isinstance(lam, torch.Tensor) and lam == 0.0:
         return sparsemax(scores, dim, gamma=gamma, mask=mask)
     return _compiled(scores, dim, mask, gamma, _cpu.OSCARMAX, lam)
 

@@ -20,6 +20,11 @@ Timing protocol, made for a noisy shared machine:
 
     python scripts/bench_ops.py --threads 1      # writes results/bench/ops_threads1.{json,md}
     python scripts/bench_ops.py --quick --out /tmp/b   # smoke run, writes *_quick.*
+
+With ``--device cuda`` it measures the native CUDA kernels instead (results/bench/
+ops_cuda.{json,md}): forward and forward+backward at 32768x64, 4096x512 and
+1024x4096 in float32 and bfloat16, as ratios to torch.softmax on the device, beside
+the CPU round trip (copy to the host, CPU kernels, copy back) of each mapping.
 """
 
 import argparse
@@ -86,36 +91,42 @@ def make_call(function, mode, scores, grad_out):
     return forward_backward
 
 
-def time_loop(call, n):
-    """Seconds taken by n calls; gc is off so a collection does not land in one block."""
+def time_loop(call, n, sync=None):
+    """Seconds taken by n calls; gc is off so a collection does not land in one block.
+    ``sync`` (torch.cuda.synchronize for a device) waits for queued work before the
+    clock starts and before it stops."""
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
+        if sync is not None:
+            sync()
         start = time.perf_counter()
         for _ in range(n):
             call()
+        if sync is not None:
+            sync()
         return time.perf_counter() - start
     finally:
         if gc_was_enabled:
             gc.enable()
 
 
-def calls_per_block(call, block_s):
+def calls_per_block(call, block_s, sync=None):
     """Warm up, then pick N so that N calls last about block_s."""
     for _ in range(3):  # the first call may load numba's cache or allocate buffers
         call()
     n = 1
-    while time_loop(call, n) < 0.2 * block_s:
+    while time_loop(call, n, sync) < 0.2 * block_s:
         n *= 2
     # Best of three: a load burst during calibration would otherwise shrink N for good.
-    elapsed = min(time_loop(call, n) for _ in range(3))
+    elapsed = min(time_loop(call, n, sync) for _ in range(3))
     return max(1, round(n * block_s / elapsed))
 
 
-def round_robin(cases, blocks, block_s):
+def round_robin(cases, blocks, block_s, sync=None):
     """Per-call times (ms), one per block, for every no-argument call in ``cases``;
     blocks run round-robin over the cases."""
-    sized = {key: (call, calls_per_block(call, block_s)) for key, call in cases.items()}
+    sized = {key: (call, calls_per_block(call, block_s, sync)) for key, call in cases.items()}
     per_call_ms = {key: [] for key in sized}
     keys = list(sized)
     for block in range(blocks):
@@ -124,7 +135,7 @@ def round_robin(cases, blocks, block_s):
         shift = block % len(keys)
         for key in keys[shift:] + keys[:shift]:
             call, n = sized[key]
-            per_call_ms[key].append(1e3 * time_loop(call, n) / n)
+            per_call_ms[key].append(1e3 * time_loop(call, n, sync) / n)
     return per_call_ms, {key: n for key, (_, n) in sized.items()}
 
 
@@ -232,6 +243,126 @@ def bench_adversarial(blocks, block_s):
                                 "fwd_ns_per_score": ns})  # fmt: skip
         print(f"adversarial d={d}: done", file=sys.stderr)
     return results
+
+
+# ------------------------------------------------------------------------- CUDA
+
+CUDA_SHAPES = [(32768, 64), (4096, 512), (1024, 4096)]
+CUDA_QUICK_SHAPES = [(4096, 512)]
+CUDA_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+ROUND_TRIP = " via the CPU"  # suffix of the CPU round-trip implementations
+
+
+def cuda_implementations():
+    """name -> (label, function) for the device: torch.softmax, every mapping's native
+    kernels, entmax's sparsemax (torch operations) and, as the baseline the native
+    kernels replace, each mapping computed on the CPU and copied back."""
+    impls = implementations()
+    for name in regattn.MAPPINGS:
+        if name == "softmax":
+            continue
+        mapping = regattn.get_mapping(name, **PARAMS.get(name, {}))
+        impls[f"regattn.{name}{ROUND_TRIP}"] = (
+            f"regattn.{name}{ROUND_TRIP} (round trip)",
+            lambda x, mapping=mapping: mapping(x.cpu()).to(x.device),
+        )
+    return impls
+
+
+def bench_cuda(args):
+    """Run the device benchmark and write ops_cuda{_quick}.{json,md}."""
+    blocks = args.blocks or (3 if args.quick else 11)
+    block_ms = args.block_ms or (20.0 if args.quick else 50.0)
+    shapes = args.shapes or (CUDA_QUICK_SHAPES if args.quick else CUDA_SHAPES)
+    dtypes = ["float32"] if args.quick else list(CUDA_DTYPES)
+    impls = cuda_implementations()
+    started = time.perf_counter()
+    report = {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "command": shlex.join(["python", *sys.argv]),
+        "device": torch.cuda.get_device_name(),
+        "torch_cuda": torch.version.cuda,
+        "numba_cuda": getattr(importlib.import_module("numba.cuda"), "implementation", None),
+        "threads": torch.get_num_threads(),
+        "machine": machine_info(),
+        "git": git_state(),
+        "note": args.note,
+        "settings": {
+            "quick": args.quick,
+            "blocks": blocks,
+            "block_ms": block_ms,
+            "seed": 0,
+            "params": PARAMS,
+            "baseline": BASELINE,
+        },  # fmt: skip
+        "results": [],
+    }
+    for dtype_name in dtypes:
+        for shape in shapes:
+            t0 = time.perf_counter()
+            generator = torch.Generator().manual_seed(0)
+            scores = torch.randn(shape, generator=generator).to("cuda", CUDA_DTYPES[dtype_name])
+            grad_out = torch.randn(shape, generator=generator).to("cuda", CUDA_DTYPES[dtype_name])
+            cases = {
+                (name, mode): make_call(function, mode, scores, grad_out)
+                for name, (_, function) in impls.items()
+                for mode in MODES
+            }
+            per_call_ms, calls = round_robin(cases, blocks, block_ms / 1e3, torch.cuda.synchronize)
+            report["results"].append({
+                "shape": shape_name(shape), "dtype": dtype_name,
+                "implementations": summarise(per_call_ms, calls, impls, BASELINE),
+            })  # fmt: skip
+            print(f"{dtype_name} {shape_name(shape)}: {time.perf_counter() - t0:.1f} s",
+                  file=sys.stderr)  # fmt: skip
+    report["elapsed_s"] = round(time.perf_counter() - started, 1)
+    text = cuda_markdown(report, impls)
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = "ops_cuda" + ("_quick" if args.quick else "")
+    write_atomic(args.out / f"{stem}.json", json.dumps(report, indent=2) + "\n")
+    write_atomic(args.out / f"{stem}.md", text)
+    print(text)
+    print(f"wrote {args.out / stem}.json and .md ({report['elapsed_s']} s)", file=sys.stderr)
+
+
+def cuda_markdown(report, impls):
+    results = report["results"]
+    columns = [f"{r['shape'].replace('x', '×')} {r['dtype']}" for r in results]
+
+    def table(mode, title):
+        lines = [f"**{title}**", "", "| implementation | " + " | ".join(columns) + " |",
+                 "|---|" + "---:|" * len(columns)]  # fmt: skip
+        base = [r["implementations"][BASELINE][f"{mode}_ms"] for r in results]
+        lines.append(f"| {BASELINE} (ms) | " + " | ".join(f"{ms:.4f}" for ms in base) + " |")
+        for name, (label, _) in impls.items():
+            if name == BASELINE:
+                continue
+            cells = [
+                f"{fmt_ratio(r['implementations'][name][f'{mode}_ratio'])} "
+                f"({r['implementations'][name][f'{mode}_ms']:.3f} ms)"
+                for r in results
+            ]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        return lines
+
+    return "\n".join([
+        f"# regattn op benchmark on {report['device']}",
+        "",
+        f"{provenance(report)}, CUDA {report['torch_cuda']}, numba CUDA target "
+        f"{report['numba_cuda']}.",
+        f"randn scores (seed 0); median of {report['settings']['blocks']} blocks of "
+        f"~{report['settings']['block_ms']:g} ms each (the device synchronised around a "
+        f"block), round-robin over the implementations; ratio = median over rounds of "
+        f"(block time / {BASELINE} block time of the same round). Rows ending in "
+        f"'{ROUND_TRIP}' copy to the host, run the CPU kernels and copy back. Command: "
+        f"`{report['command']}`",
+        *([f"Note: {report['note']}"] if report.get("note") else []),
+        "",
+        *table("fwdbwd", "Forward+backward, ratio to torch.softmax forward+backward"),
+        "",
+        *table("fwd", "Forward, ratio to torch.softmax forward"),
+        "",
+    ])  # fmt: skip
 
 
 # ------------------------------------------------------------------ run description
@@ -435,9 +566,26 @@ def main():
         help="smoke run: 2 shapes, 3 short blocks; writes ops_threads{N}_quick.* so the "
         "real outputs stay untouched",
     )
+    parser.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="cuda: the native CUDA kernels against torch.softmax on the device and the "
+        "CPU round trip (writes ops_cuda.*)",
+    )
     args = parser.parse_args()
     if args.threads < 1:
         parser.error("--threads must be >= 1")
+    if args.device == "cuda":
+        if not torch.cuda.is_available():
+            parser.error(
+                "--device cuda needs a CUDA device, and torch sees none here "
+                "(torch.cuda.is_available() is False: a CPU-only torch build, or no GPU "
+                "visible to this process)"
+            )
+        torch.set_num_threads(args.threads)  # for the CPU round trips
+        bench_cuda(args)
+        return
     blocks = args.blocks or (3 if args.quick else 21)
     block_ms = args.block_ms or (5.0 if args.quick else 20.0)
     shapes = args.shapes or (QUICK_SHAPES if args.quick else SHAPES)

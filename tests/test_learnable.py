@@ -121,3 +121,102 @@ def test_bad_gamma_tensors_are_refused_clearly(name, gamma, error, match):
     scores = torch.randn(3, 4, 7)
     with pytest.raises(error, match=match):
         regattn.MAPPINGS[name](scores, gamma=gamma)
+
+
+# ------------------------------------------------------------------------------ lam
+
+STRUCTURED = {"fusedmax": 0.1, "oscarmax": 0.02}
+
+
+@pytest.mark.parametrize("name", sorted(STRUCTURED))
+@pytest.mark.parametrize("lam_shape", [(4,), (3, 4), (3, 1), ()])
+def test_lam_tensor_gradcheck(name, lam_shape):
+    scores, mask = scores_and_mask((3, 4, 9))
+    generator = torch.Generator().manual_seed(2)
+    base = STRUCTURED[name]
+    lam = base * (0.5 + torch.rand(lam_shape, generator=generator, dtype=torch.float64))
+    lam.requires_grad_()
+    mapping = regattn.MAPPINGS[name]
+    assert torch.autograd.gradcheck(
+        lambda x, lam: mapping(x, -1, lam=lam, mask=mask), (scores, lam)
+    )
+
+
+@pytest.mark.parametrize("name", sorted(STRUCTURED))
+def test_lam_and_gamma_tensors_together_along_another_dim(name):
+    scores, mask = scores_and_mask((3, 9, 4))  # the mapped dim in the middle
+    lam = torch.tensor([1.0, 2.0, 0.5, 3.0], dtype=torch.float64) * STRUCTURED[name]
+    gamma = torch.tensor([0.7, 1.3, 0.9, 1.1], dtype=torch.float64)
+    mapping = regattn.MAPPINGS[name]
+    assert torch.autograd.gradcheck(
+        lambda x, lam, g: mapping(x, 1, lam=lam, gamma=g, mask=mask),
+        (scores, lam.requires_grad_(), gamma.requires_grad_()),
+    )
+
+
+@pytest.mark.parametrize("name", sorted(STRUCTURED))
+def test_lam_tensor_equals_the_numbers_it_holds(name):
+    scores, mask = scores_and_mask((2, 3, 5, 8))
+    lam = torch.tensor([0.5, 1.0, 4.0], dtype=torch.float64).view(3, 1) * STRUCTURED[name]
+    out = regattn.MAPPINGS[name](scores, lam=lam, mask=mask)
+    for head, value in enumerate(lam.flatten().tolist()):
+        expected = regattn.MAPPINGS[name](scores[:, head], lam=value, mask=mask[:, head])
+        torch.testing.assert_close(out[:, head], expected, rtol=0, atol=0)
+    zero = regattn.MAPPINGS[name](scores, lam=torch.zeros(()), mask=mask)
+    torch.testing.assert_close(zero, regattn.sparsemax(scores, mask=mask), rtol=0, atol=1e-15)
+
+
+def test_lam_gradient_against_finite_differences_on_many_rows():
+    """dy/dlam from the groups' boundary signs (fusedmax) and mean ranks (oscarmax),
+    against central differences, on rows with fused groups and masked positions."""
+    generator = torch.Generator().manual_seed(3)
+    scores = torch.randn(400, 12, generator=generator, dtype=torch.float64) * 2
+    mask = torch.rand(400, 12, generator=generator) > 0.2
+    mask[:, 0] = True
+    weights = torch.randn(400, 12, generator=generator, dtype=torch.float64)
+    for name, base in STRUCTURED.items():
+        mapping = regattn.MAPPINGS[name]
+        lam = torch.full((400,), base, dtype=torch.float64, requires_grad=True)
+        (mapping(scores, lam=lam, mask=mask) * weights).sum().backward()
+        eps = 1e-7
+        up = (mapping(scores, lam=base + eps, mask=mask) * weights).sum(-1)
+        down = (mapping(scores, lam=base - eps, mask=mask) * weights).sum(-1)
+        torch.testing.assert_close(lam.grad, (up - down) / (2 * eps), rtol=1e-5, atol=1e-6)
+
+
+def test_lam_is_learned_per_head():
+    """A per-head fusion strength trained towards more fusing in head 1 only."""
+    torch.manual_seed(0)
+    scores = torch.randn(32, 2, 12)
+    lam = torch.tensor([0.05, 0.05], requires_grad=True)
+    optimizer = torch.optim.SGD([lam], lr=0.02)
+    for _ in range(40):
+        attn = regattn.fusedmax(scores, lam=lam.clamp(min=0))
+        # Total variation of the weights: small when neighbours are fused.
+        tv = (attn[..., 1:] - attn[..., :-1]).abs().sum(-1).mean(0)
+        loss = tv[1] - tv[0]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert lam[1] > 0.1 and lam[0] <= 0.05, lam
+
+
+@pytest.mark.parametrize(
+    "lam, error, match",
+    [
+        (torch.tensor([0.1, -0.1, 0.1, 0.1]), ValueError, r"lam must be finite and >= 0.*-0\.1"),
+        (torch.tensor([0.1, float("nan"), 0.1, 0.1]), ValueError, r"lam must be finite"),
+        (torch.tensor([0, 1, 0, 1]), TypeError, r"lam must be a floating-point tensor"),
+        (torch.ones(5), ValueError, r"lam of shape \(5,\) does not broadcast"),
+    ],
+)
+@pytest.mark.parametrize("name", sorted(STRUCTURED))
+def test_bad_lam_tensors_are_refused_clearly(name, lam, error, match):
+    with pytest.raises(error, match=match):
+        regattn.MAPPINGS[name](torch.randn(3, 4, 7), lam=lam)
+
+
+def test_lam_tensor_under_compile_is_refused_clearly():
+    compiled = torch.compile(lambda x, lam: regattn.fusedmax(x, lam=lam), fullgraph=True)
+    with pytest.raises(Exception, match="lam as a tensor works in eager mode only"):
+        compiled(torch.randn(2, 5), torch.tensor([0.1, 0.2]))
