@@ -238,13 +238,6 @@ def _compact_row(row, inv_gamma, buf, idx):
 
 
 @_jit
-def _fill_segment(z, seg, start, stop, value, label):
-    for i in range(start, stop):
-        z[i] = value
-        seg[i] = label
-
-
-@_jit
 def _tv_prox(y, n, lam, z, seg, knots, bounds):
     """1-D total-variation denoising, exact, linear time in the worst case.
 
@@ -308,7 +301,12 @@ def _tv_prox_dp_blocks(y, n, lam, z, seg, knots, bounds):
 def _tv_prox_condat(y, n, lam, z, seg, budget):
     """Condat's direct algorithm (L. Condat, "A Direct Algorithm for 1D Total
     Variation Denoising", IEEE SPL 2013), one left-to-right sweep with backtracking.
-    Returns False, with ``z`` and ``seg`` unfinished, after ``budget`` steps."""
+    Returns False, with ``z`` and ``seg`` unfinished, after ``budget`` steps.
+
+    The sweep records each finished segment as (end, value) in ``seg`` and ``z`` (the
+    j-th segment at index j, never past its own start) and expands them from the
+    right at the end: one store per segment inside the sweep instead of a fill loop,
+    and the two jump directions share one branch."""
     nseg = 0
     k = 0  # current position
     k0 = 0  # start of the current segment
@@ -318,11 +316,14 @@ def _tv_prox_condat(y, n, lam, z, seg, budget):
     umax = -lam
     vmin = y[0] - lam  # bounds on the current segment's value
     vmax = y[0] + lam
+    twolam = 2.0 * lam
+    finished = False
     # One flat loop: numba (0.68) miscompiled the nested-while form of this sweep.
     for _ in range(budget):
         if k == n - 1:  # at the right end: close segments until all are out
             if umin < 0.0:
-                _fill_segment(z, seg, k0, kminus + 1, vmin, nseg)
+                seg[nseg] = kminus + 1
+                z[nseg] = vmin
                 nseg += 1
                 k0 = kminus + 1
                 k = k0
@@ -331,7 +332,8 @@ def _tv_prox_condat(y, n, lam, z, seg, budget):
                 umin = lam
                 umax = vmin + lam - vmax
             elif umax > 0.0:
-                _fill_segment(z, seg, k0, kplus + 1, vmax, nseg)
+                seg[nseg] = kplus + 1
+                z[nseg] = vmax
                 nseg += 1
                 k0 = kplus + 1
                 k = k0
@@ -340,33 +342,31 @@ def _tv_prox_condat(y, n, lam, z, seg, budget):
                 umax = -lam
                 umin = vmax - lam - vmin
             else:
-                _fill_segment(z, seg, k0, n, vmin + umin / (k - k0 + 1), nseg)
-                return True
-        elif umin + y[k + 1] - vmin < -lam:  # a downward jump after kminus
-            _fill_segment(z, seg, k0, kminus + 1, vmin, nseg)
+                seg[nseg] = n
+                z[nseg] = vmin + umin / (k - k0 + 1)
+                nseg += 1
+                finished = True
+                break
+            continue
+        following = y[k + 1]
+        down = umin + following - vmin < -lam  # a downward jump after kminus
+        if down or umax + following - vmax > lam:  # or an upward one after kplus
+            end = kminus + 1 if down else kplus + 1
+            seg[nseg] = end
+            z[nseg] = vmin if down else vmax
             nseg += 1
-            k0 = kminus + 1
-            k = k0
-            kminus = k0
-            kplus = k0
-            vmin = y[k0]
-            vmax = vmin + 2.0 * lam
-            umin = lam
-            umax = -lam
-        elif umax + y[k + 1] - vmax > lam:  # an upward jump after kplus
-            _fill_segment(z, seg, k0, kplus + 1, vmax, nseg)
-            nseg += 1
-            k0 = kplus + 1
-            k = k0
-            kminus = k0
-            kplus = k0
-            vmax = y[k0]
-            vmin = vmax - 2.0 * lam
+            k0 = end
+            k = end
+            kminus = end
+            kplus = end
+            first = y[end]
+            vmin = first if down else first - twolam
+            vmax = first + twolam if down else first
             umin = lam
             umax = -lam
         else:  # no jump: extend the segment
-            umin += y[k + 1] - vmin
-            umax += y[k + 1] - vmax
+            umin += following - vmin
+            umax += following - vmax
             k += 1
             if umin >= lam:
                 kminus = k
@@ -376,7 +376,18 @@ def _tv_prox_condat(y, n, lam, z, seg, budget):
                 kplus = k
                 vmax += (umax + lam) / (kplus - k0 + 1)
                 umax = -lam
-    return False
+    if not finished:
+        return False
+    # Segment j covers [end of segment j - 1, seg[j]); from the right, each write
+    # lands at or after index j, past the records still to be read.
+    for j in range(nseg - 1, -1, -1):
+        start = seg[j - 1] if j > 0 else 0
+        stop = seg[j]
+        value = z[j]
+        for i in range(stop - 1, start - 1, -1):
+            z[i] = value
+            seg[i] = j
+    return True
 
 
 @_jit
@@ -578,7 +589,10 @@ def _argsort_desc(vals, m, order, keys, spare, counts):
             order[i] = i
         _insertion_sort_desc(vals, order, 0, m, m * m)
         return
-    counts[:, :] = 0
+    # Mid-sized rows sort on the top 16 bits only (sign, exponent, 4 mantissa bits):
+    # half the passes, and the insertion pass fixes the few ties.
+    first = 2 if m <= _TWO_PASS_RADIX_MAX else 0
+    counts[first:, :] = 0
     for i in range(m):
         bits = np.float64(vals[i]).view(np.int64)
         # Negative floats order backwards: flip all but the sign bit. Then negate so
@@ -587,13 +601,11 @@ def _argsort_desc(vals, m, order, keys, spare, counts):
         digits = ~(bits >> 32) ^ np.int64(0x80000000)  # 32 bits, ascending = descending
         digits &= np.int64(0xFFFFFFFF)
         keys[i] = (digits << 32) | i
-        for p in range(4):
+        for p in range(first, 4):
             counts[p, (digits >> (8 * p)) & 255] += 1
     source = keys
     target = spare
-    # Mid-sized rows sort on the top 16 bits only (sign, exponent, 4 mantissa bits):
-    # half the passes, and the insertion pass fixes the few ties.
-    for p in range(2 if m <= _TWO_PASS_RADIX_MAX else 0, 4):
+    for p in range(first, 4):
         total = 0
         for b in range(256):
             c = counts[p, b]
