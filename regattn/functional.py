@@ -466,6 +466,27 @@ def softmax(scores, dim=-1, *, gamma=1.0, mask=None):
 
     Unlike ``torch.softmax``, a fully masked row gives zeros (not NaN) and ``+inf``
     scores share the mass uniformly.
+
+    Parameters
+    ----------
+    scores : torch.Tensor
+        Floating-point scores of any shape; ``-inf`` marks a position that does not
+        take part.
+    dim : int, default -1
+        The dimension the distributions run along.
+    gamma : float or torch.Tensor, default 1.0
+        Temperature, > 0: the map is applied to ``scores / gamma``. A tensor gives one
+        value per distribution (broadcastable to the scores' shape without ``dim``)
+        and receives a gradient.
+    mask : torch.Tensor of bool, optional
+        Broadcastable to ``scores``; True where a position takes part. Masked
+        positions get exactly 0 and no gradient.
+
+    Returns
+    -------
+    torch.Tensor
+        The distributions, of the scores' shape and dtype: non-negative, summing to 1
+        along ``dim`` (0 on a row where no position takes part).
     """
     dim = _check_scores(scores, dim)
     gamma = check_gamma(gamma)
@@ -491,7 +512,29 @@ def softmax(scores, dim=-1, *, gamma=1.0, mask=None):
 
 def sparsemax(scores, dim=-1, *, gamma=1.0, mask=None):
     """Euclidean projection of scores / gamma onto the simplex (Martins & Astudillo,
-    2016): Omega(y) = 1/2 ||y||^2."""
+    2016): Omega(y) = 1/2 ||y||^2.
+
+    Parameters
+    ----------
+    scores : torch.Tensor
+        Floating-point scores of any shape; ``-inf`` marks a position that does not
+        take part.
+    dim : int, default -1
+        The dimension the distributions run along.
+    gamma : float or torch.Tensor, default 1.0
+        Temperature, > 0: the map is applied to ``scores / gamma``. A tensor gives one
+        value per distribution (broadcastable to the scores' shape without ``dim``)
+        and receives a gradient.
+    mask : torch.Tensor of bool, optional
+        Broadcastable to ``scores``; True where a position takes part. Masked
+        positions get exactly 0 and no gradient.
+
+    Returns
+    -------
+    torch.Tensor
+        The distributions, of the scores' shape and dtype: non-negative, summing to 1
+        along ``dim`` (0 on a row where no position takes part).
+    """
     return _compiled(scores, dim, mask, gamma, _cpu.SPARSEMAX)
 
 
@@ -501,6 +544,31 @@ def fusedmax(scores, dim=-1, *, gamma=1.0, lam=0.1, mask=None):
 
     Computed exactly as sparsemax(prox_TV(scores / gamma)). With a mask, the kept
     positions are treated as adjacent.
+
+    Parameters
+    ----------
+    scores : torch.Tensor
+        Floating-point scores of any shape; ``-inf`` marks a position that does not
+        take part.
+    dim : int, default -1
+        The dimension the distributions run along.
+    gamma : float or torch.Tensor, default 1.0
+        Temperature, > 0: the map is applied to ``scores / gamma``. A tensor gives one
+        value per distribution (broadcastable to the scores' shape without ``dim``)
+        and receives a gradient.
+    lam : float or torch.Tensor, default 0.1
+        Strength of the penalty, >= 0 (0 is sparsemax); it acts after the division
+        by ``gamma``. A tensor gives one value per distribution and receives a
+        gradient.
+    mask : torch.Tensor of bool, optional
+        Broadcastable to ``scores``; True where a position takes part. Masked
+        positions get exactly 0 and no gradient.
+
+    Returns
+    -------
+    torch.Tensor
+        The distributions, of the scores' shape and dtype: non-negative, summing to 1
+        along ``dim`` (0 on a row where no position takes part).
     """
     lam = check_lam(lam)
     if not isinstance(lam, torch.Tensor) and lam == 0.0:
@@ -515,6 +583,31 @@ def oscarmax(scores, dim=-1, *, gamma=1.0, lam=0.01, mask=None):
     Computed exactly as sparsemax of the signed OWL prox of scores / gamma (the
     paper's definition; shift invariant). The penalty has O(d^2) pairs, so a fixed
     lam fuses more as the number of positions grows.
+
+    Parameters
+    ----------
+    scores : torch.Tensor
+        Floating-point scores of any shape; ``-inf`` marks a position that does not
+        take part.
+    dim : int, default -1
+        The dimension the distributions run along.
+    gamma : float or torch.Tensor, default 1.0
+        Temperature, > 0: the map is applied to ``scores / gamma``. A tensor gives one
+        value per distribution (broadcastable to the scores' shape without ``dim``)
+        and receives a gradient.
+    lam : float or torch.Tensor, default 0.01
+        Strength of the penalty, >= 0 (0 is sparsemax); it acts after the division
+        by ``gamma``. A tensor gives one value per distribution and receives a
+        gradient.
+    mask : torch.Tensor of bool, optional
+        Broadcastable to ``scores``; True where a position takes part. Masked
+        positions get exactly 0 and no gradient.
+
+    Returns
+    -------
+    torch.Tensor
+        The distributions, of the scores' shape and dtype: non-negative, summing to 1
+        along ``dim`` (0 on a row where no position takes part).
     """
     lam = check_lam(lam)
     if not isinstance(lam, torch.Tensor) and lam == 0.0:
@@ -523,7 +616,31 @@ def oscarmax(scores, dim=-1, *, gamma=1.0, lam=0.01, mask=None):
 
 
 def sq_pnorm_max(scores, dim=-1, *, gamma=1.0, p=1.5, mask=None):
-    """Omega(y) = 1/2 ||y||_p^2 with p in (1, 2]; p = 2 is sparsemax."""
+    """Omega(y) = 1/2 ||y||_p^2 with p in (1, 2]; p = 2 is sparsemax.
+
+    Parameters
+    ----------
+    scores : torch.Tensor
+        Floating-point scores of any shape; ``-inf`` marks a position that does not
+        take part.
+    dim : int, default -1
+        The dimension the distributions run along.
+    gamma : float or torch.Tensor, default 1.0
+        Temperature, > 0: the map is applied to ``scores / gamma``. A tensor gives one
+        value per distribution (broadcastable to the scores' shape without ``dim``)
+        and receives a gradient.
+    p : float, default 1.5
+        The norm's exponent, in (1, 2].
+    mask : torch.Tensor of bool, optional
+        Broadcastable to ``scores``; True where a position takes part. Masked
+        positions get exactly 0 and no gradient.
+
+    Returns
+    -------
+    torch.Tensor
+        The distributions, of the scores' shape and dtype: non-negative, summing to 1
+        along ``dim`` (0 on a row where no position takes part).
+    """
     p = check_p(p)
     if p == 2.0:
         return sparsemax(scores, dim, gamma=gamma, mask=mask)
@@ -532,5 +649,27 @@ def sq_pnorm_max(scores, dim=-1, *, gamma=1.0, p=1.5, mask=None):
 
 def entmax15(scores, dim=-1, *, gamma=1.0, mask=None):
     """1.5-entmax of scores / gamma (Peters et al., 2019): Omega is the Tsallis
-    1.5-entropy. Sparse like sparsemax, smoother like softmax."""
+    1.5-entropy. Sparse like sparsemax, smoother like softmax.
+
+    Parameters
+    ----------
+    scores : torch.Tensor
+        Floating-point scores of any shape; ``-inf`` marks a position that does not
+        take part.
+    dim : int, default -1
+        The dimension the distributions run along.
+    gamma : float or torch.Tensor, default 1.0
+        Temperature, > 0: the map is applied to ``scores / gamma``. A tensor gives one
+        value per distribution (broadcastable to the scores' shape without ``dim``)
+        and receives a gradient.
+    mask : torch.Tensor of bool, optional
+        Broadcastable to ``scores``; True where a position takes part. Masked
+        positions get exactly 0 and no gradient.
+
+    Returns
+    -------
+    torch.Tensor
+        The distributions, of the scores' shape and dtype: non-negative, summing to 1
+        along ``dim`` (0 on a row where no position takes part).
+    """
     return _compiled(scores, dim, mask, gamma, _cpu.ENTMAX15)

@@ -19,7 +19,18 @@ MAPPINGS = {
 
 def mapping_params(name):
     """The parameters a mapping takes (beyond scores, dim and mask), with their
-    defaults, e.g. ``{"gamma": 1.0, "lam": 0.1}`` for fusedmax."""
+    defaults.
+
+    Parameters
+    ----------
+    name : str
+        A mapping of ``MAPPINGS``.
+
+    Returns
+    -------
+    dict
+        Parameter name to default, e.g. ``{"gamma": 1.0, "lam": 0.1}`` for fusedmax.
+    """
     function = _lookup(name)
     return {
         p.name: p.default
@@ -48,14 +59,37 @@ def _checked_params(name, params):
 
 
 def get_mapping(name, **params):
-    """The mapping ``name`` with its parameters bound, as a function
-    ``f(scores, dim=-1, mask=None)``. Parameters are validated here."""
+    """The mapping ``name`` with its parameters bound.
+
+    Parameters
+    ----------
+    name : str
+        A mapping of ``MAPPINGS``; an unknown name raises ValueError listing them.
+    **params
+        Its parameters (see ``mapping_params``), validated here.
+
+    Returns
+    -------
+    callable
+        ``f(scores, dim=-1, mask=None)``.
+    """
     function = _lookup(name)
     return functools.partial(function, **_checked_params(name, params))
 
 
 class Mapping(torch.nn.Module):
-    """A mapping as a module: ``Mapping("fusedmax", lam=0.1)(scores, mask=valid)``."""
+    """A mapping as a module: ``Mapping("fusedmax", lam=0.1)(scores, mask=valid)``.
+
+    Parameters
+    ----------
+    name : str
+        A mapping of ``MAPPINGS``.
+    dim : int, default -1
+        The dimension the distributions run along.
+    **params
+        The mapping's parameters; a ``torch.nn.Parameter`` (a learnable gamma or
+        lam) is registered as a parameter of the module.
+    """
 
     def __init__(self, name, dim=-1, **params):
         super().__init__()
