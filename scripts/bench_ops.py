@@ -278,15 +278,11 @@ def bench_cuda(args):
     impls = cuda_implementations()
     started = time.perf_counter()
     report = {
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "command": shlex.join(["python", *sys.argv]),
+        **report_header(args.note),
         "device": torch.cuda.get_device_name(),
         "torch_cuda": torch.version.cuda,
         "numba_cuda": getattr(importlib.import_module("numba.cuda"), "implementation", None),
         "threads": torch.get_num_threads(),
-        "machine": machine_info(),
-        "git": git_state(),
-        "note": args.note,
         "settings": {
             "quick": args.quick,
             "blocks": blocks,
@@ -391,6 +387,18 @@ def cpu_model():
     except OSError:
         pass
     return None
+
+
+def report_header(note):
+    """What every benchmark report starts with: when, by which command, on what
+    machine and at which commit it was measured, and the caller's note."""
+    return {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "command": shlex.join(["python", *sys.argv]),
+        "machine": machine_info(),
+        "git": git_state(),
+        "note": note,
+    }
 
 
 def provenance(report):
@@ -595,13 +603,9 @@ def main():
     impls = implementations()
     started = time.perf_counter()
     report = {
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "command": shlex.join(["python", *sys.argv]),
+        **report_header(args.note),
         "threads": torch.get_num_threads(),
         "numba_num_threads": numba.config.NUMBA_NUM_THREADS,
-        "machine": machine_info(),
-        "git": git_state(),
-        "note": args.note,
         "settings": {
             "quick": args.quick,
             "blocks": blocks,

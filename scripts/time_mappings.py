@@ -16,11 +16,9 @@ Pause other jobs first, or say what ran beside it with ``--note``.
 """
 
 import argparse
-import datetime
 import json
 import os
 import re
-import shlex
 import statistics
 import subprocess
 import sys
@@ -31,7 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from scripts.bench_ops import git_state, machine_info, provenance, write_atomic  # noqa: E402
+from scripts.bench_ops import provenance, report_header, write_atomic  # noqa: E402
 
 MAPPINGS = ["softmax", "sparsemax", "fusedmax", "oscarmax", "sq_pnorm_max", "entmax15"]
 # fairseq's end-of-epoch training statistics (as tasks/pipeline.py's ThroughputLog).
@@ -187,15 +185,11 @@ def main():
         print(f"decoding with: {', '.join(decode_dirs) or 'none found'}", file=sys.stderr)
 
     report = {
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "command": shlex.join(["python", *sys.argv]),
+        **report_header(args.note),
         "task": args.task,
         "profile": args.profile,
         "updates": args.updates,
         "threads": args.threads,
-        "machine": machine_info(),
-        "git": git_state(),
-        "note": args.note,
         "decode_runs": {name: str(path) for name, path in decode_dirs.items()},
         "rounds": [],
     }
