@@ -224,6 +224,17 @@ def _run_kernel(kernels, parallel, kind, rows, *args):
 # is two allocations and one kernel, with no transposed or masked copies.
 
 
+def _forward_rows(scores, dim, mask):
+    """What a forward kernel reads and writes: the layout, the scores and the mask
+    as (rows, d) arrays, and the output tensor with its (rows, d) view."""
+    layout = _layout(scores.shape, dim)
+    dtype = _compute_dtype(scores.dtype)
+    x = _input_rows(_numpy(scores, dtype), dim, layout)
+    valid = None if mask is None else _input_rows(_numpy(mask, torch.bool), dim, layout)
+    out, out_rows = _output_rows(scores.shape, dim, layout, dtype)
+    return layout, x, valid, out, out_rows
+
+
 def kernel_forward(scores, dim, mask, kind, gamma, param, keep_y):
     """Run a forward kernel of ``regattn._cpu``: returns the output (a tensor of its
     own, never a view: autograd refuses in-place operations on views of a Function's
@@ -238,11 +249,7 @@ def kernel_forward(scores, dim, mask, kind, gamma, param, keep_y):
         result = _cuda.try_forward(scores, dim, mask, kind, gamma, param, keep_y)
         if result is not None:
             return result
-    layout = _layout(scores.shape, dim)
-    dtype = _compute_dtype(scores.dtype)
-    x = _input_rows(_numpy(scores, dtype), dim, layout)
-    valid = None if mask is None else _input_rows(_numpy(mask, torch.bool), dim, layout)
-    out, out_rows = _output_rows(scores.shape, dim, layout, dtype)
+    layout, x, valid, out, out_rows = _forward_rows(scores, dim, mask)
     structured = kind in _cpu.STRUCTURED
     aux = np.empty((x.shape[0], x.shape[1] if structured else 1), dtype=np.int32)
     _run_kernel(
@@ -315,12 +322,8 @@ class _TensorLam(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, scores, lam_rows, dim, mask, kind, gamma):
-        layout = _layout(scores.shape, dim)
-        dtype = _compute_dtype(scores.dtype)
-        x = _input_rows(_numpy(scores, dtype), dim, layout)
-        valid = None if mask is None else _input_rows(_numpy(mask, torch.bool), dim, layout)
+        layout, x, valid, out, out_rows = _forward_rows(scores, dim, mask)
         lams = _numpy(lam_rows.reshape(-1), torch.float64)  # in the order of the rows
-        out, out_rows = _output_rows(scores.shape, dim, layout, dtype)
         aux = np.empty(x.shape, dtype=np.int32)
         counts = np.empty(x.shape[0], dtype=np.int32)
         _cpu.structured_forward_lams(
@@ -343,7 +346,7 @@ class _TensorLam(torch.autograd.Function):
             ).to(device)
         if ctx.needs_input_grad[1]:
             layout = _layout(grad_output.shape, ctx.dim)
-            g = _input_rows(_numpy(grad_output, torch.from_numpy(ctx.y).dtype), ctx.dim, layout)
+            g = _input_rows(_numpy(grad_output, _compute_dtype(grad_output.dtype)), ctx.dim, layout)
             rows = np.empty(g.shape[0])
             _cpu.structured_lam_grad(ctx.kind, ctx.y, ctx.aux, ctx.counts, g, rows, 0, len(rows))
             shape, dtype, lam_device = ctx.lam_like

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+# A local mirror laid out like download_data.py's output, where the workplace has one.
+MIRROR_DATA = REPO.parent / "shared" / "data"
 spec = importlib.util.spec_from_file_location("download_data", REPO / "scripts/download_data.py")
 dd = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(dd)
@@ -239,13 +240,13 @@ def test_manifest_is_complete_and_consistent():
     assert [e["path"] for e in entries if e["sha256"] is None] == ["gigaword/summary.tar.gz"]
 
 
-@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="no ../shared/data beside the repository")
+@pytest.mark.skipif(not MIRROR_DATA.is_dir(), reason="no local mirror of the data")
 def test_the_real_mirror_matches_every_checksum_of_the_manifest(tmp_path, capsys):
-    dd.main(["--mirror", str(SHARED_DATA), "--dest", str(tmp_path)])
+    dd.main(["--mirror", str(MIRROR_DATA), "--dest", str(tmp_path)])
     for files in dd.MIRROR.values():
         for path, sha in files.items():
             assert dd.sha256_of(tmp_path / path) == sha
     assert not list(tmp_path.rglob("*.part"))
     capsys.readouterr()
-    dd.main(["--dataset", "snli", "--mirror", str(SHARED_DATA), "--dest", str(tmp_path)])
+    dd.main(["--dataset", "snli", "--mirror", str(MIRROR_DATA), "--dest", str(tmp_path)])
     assert "already present and verified" in capsys.readouterr().out
