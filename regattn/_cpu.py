@@ -260,6 +260,87 @@ def _tv_prox(y, n, lam, z, seg, knots, bounds):
 
 
 @_jit
+def _tv_prox_near_top(y, n, lam, z, seg, work, knots, bounds):
+    """``_tv_prox`` of ``y[:n]`` (largest value 0) where it can reach the sparsemax
+    support, for fusedmax; returns the number of segments.
+
+    At the optimum |z[i] - y[i]| <= 2 lam, and sparsemax's threshold is at least
+    max(z) - 1 >= -1 - 2 lam, so a position with y[i] < -1 - 4 lam gets z[i] below
+    it: weight 0. Neighbours more than 4 lam apart jump for sure, with dual +-lam
+    (see ``_tv_prox_dp_blocks``), so the blocks between such jumps are independent
+    problems: only the blocks holding a value >= -1 - 4 lam are solved (on random
+    scores a small part of the row; on a trained model's peaked scores smaller
+    still). The positions between them get z = -inf and one segment number per run,
+    so neighbouring segments keep consecutive numbers (the lam gradient reads them).
+    ``work`` (n values) holds a block with its end values moved by the jumps.
+    """
+    cut = -1.0 - 4.0 * lam
+    jump = 4.0 * lam
+    nseg = 0
+    done = 0  # positions [0, done) are finished
+    i = 0
+    while i < n:
+        if y[i] < cut:
+            i += 1
+            continue
+        lo = i
+        while lo > done and abs(y[lo] - y[lo - 1]) <= jump:
+            lo -= 1
+        hi = i
+        while hi < n - 1 and abs(y[hi + 1] - y[hi]) <= jump:
+            hi += 1
+        if lo > done:  # the run of cold positions before the block
+            for j in range(done, lo):
+                z[j] = -np.inf
+                seg[j] = nseg
+            nseg += 1
+        left = 0.0  # the end values move by lam towards the certain jumps
+        if lo > 0:
+            left = lam if y[lo] < y[lo - 1] else -lam
+        right = 0.0
+        if hi < n - 1:
+            right = lam if y[hi + 1] > y[hi] else -lam
+        # Blocks of one or two positions (most of them on random rows) in closed form:
+        # a call costs more than solving them.
+        if lo == hi:
+            z[lo] = y[lo] + left + right
+            seg[lo] = nseg
+            nseg += 1
+        elif hi == lo + 1:
+            a = y[lo] + left
+            b = y[hi] + right
+            if abs(b - a) > 2.0 * lam:
+                step = lam if b > a else -lam
+                z[lo] = a + step
+                z[hi] = b - step
+                seg[lo] = nseg
+                seg[hi] = nseg + 1
+                nseg += 2
+            else:
+                z[lo] = z[hi] = 0.5 * (a + b)
+                seg[lo] = seg[hi] = nseg
+                nseg += 1
+        else:
+            m = hi + 1 - lo
+            for j in range(m):
+                work[j] = y[lo + j]
+            work[0] += left
+            work[m - 1] += right
+            _tv_prox(work, m, lam, z[lo:], seg[lo:], knots, bounds)
+            for j in range(lo, hi + 1):
+                seg[j] += nseg
+            nseg = seg[hi] + 1
+        done = hi + 1
+        i = done
+    if done < n:
+        for j in range(done, n):
+            z[j] = -np.inf
+            seg[j] = nseg
+        nseg += 1
+    return nseg
+
+
+@_jit
 def _label_runs(z, n, seg):
     """seg[k]: the number of the run of equal consecutive values of z[:n] holding k."""
     label = 0
@@ -484,7 +565,8 @@ def _sparsemax_of_groups(group_val, group_size, ngroups, cand_val, cand_size):
 @_jit
 def _fusedmax_row(row, out_row, aux_row, inv_gamma, lam, scratch, idx, seg, knots, bounds):
     """Write fusedmax(row * inv_gamma) to ``out_row`` and the group ids to ``aux_row``;
-    return the number of TV segments (0 for a special row)."""
+    return the number of segments of the prox (a run of positions that cannot reach
+    the support counts as one; 0 for a special row)."""
     buf, z, ones, cand_val, cand_size = scratch[0], scratch[1], scratch[2], scratch[3], scratch[4]
     d = row.shape[0]
     m, vmax, has_nan = _compact_row(row, inv_gamma, buf, idx)
@@ -492,7 +574,7 @@ def _fusedmax_row(row, out_row, aux_row, inv_gamma, lam, scratch, idx, seg, knot
     if flag != NORMAL:
         aux_row[:] = flag  # NO_GRAD or NAN_ROW
         return 0
-    _tv_prox(buf, m, lam, z, seg, knots, bounds)
+    nseg = _tv_prox_near_top(buf, m, lam, z, seg, cand_val, knots, bounds)
     tau = _sparsemax_of_groups(z, ones, m, cand_val, cand_size)
     if m == d:  # nothing masked: position j is kept position j
         for j in range(d):
@@ -507,7 +589,7 @@ def _fusedmax_row(row, out_row, aux_row, inv_gamma, lam, scratch, idx, seg, knot
             if v > 0.0:
                 out_row[idx[j]] = v
                 aux_row[idx[j]] = seg[j]
-    return seg[m - 1] + 1
+    return nseg
 
 
 @_jit
