@@ -740,6 +740,30 @@ def _merge_sort_desc(vals, m, order, spare):
 
 
 @_jit
+def _top_first(vals, idx, m, cut):
+    """Reorder ``vals[:m]`` and ``idx[:m]`` together so that the values >= ``cut``
+    come first; return their number.
+
+    For oscarmax, with cut = -1 - lam (m - 1) and the largest value 0, the fit of
+    these values alone gives the support exactly. A value below cut, at rank k,
+    enters the fit as itself minus lam (m - 1 - k), so below cut; every block of the
+    full fit that holds one has a mean at most max(cut, the means of later blocks of
+    the top values' fit), so it cannot merge into a block of that fit with a mean
+    above cut: those keep their values. And the first block's mean is at least the
+    largest value's, -lam (m - 1), so the sparsemax threshold (at least that mean
+    minus 1) is at least cut: blocks with a mean at or below cut are outside the
+    support, whichever values they hold.
+    """
+    top = 0
+    for i in range(m):
+        if vals[i] >= cut:
+            vals[top], vals[i] = vals[i], vals[top]
+            idx[top], idx[i] = idx[i], idx[top]
+            top += 1
+    return top
+
+
+@_jit
 def _oscarmax_row(row, out_row, aux_row, inv_gamma, lam, scratch, indices, counts):
     """Write oscarmax(row * inv_gamma) to ``out_row`` and the group ids to ``aux_row``;
     return the number of kept positions (0 for a special row)."""
@@ -755,11 +779,13 @@ def _oscarmax_row(row, out_row, aux_row, inv_gamma, lam, scratch, indices, count
         return 0
     out_row[:] = 0.0
     # Signed OWL prox: sort descending, subtract lam * (m - k) from the k-th
-    # largest (k = 1..m), fit a non-increasing sequence.
-    _argsort_desc(buf, m, order, keys, spare, counts)
-    for k in range(m):
+    # largest (k = 1..m), fit a non-increasing sequence. Only the values at or above
+    # cut = -1 - lam (m - 1) are sorted and fitted (``_top_first``).
+    top = _top_first(buf, idx, m, -1.0 - lam * (m - 1))
+    _argsort_desc(buf, top, order, keys, spare, counts)
+    for k in range(top):
         shifted[k] = buf[order[k]] - lam * (m - 1 - k)
-    nb = _pool_adjacent_violators(shifted, m, block_sum, block_size)
+    nb = _pool_adjacent_violators(shifted, top, block_sum, block_size)
     for b in range(nb):
         block_sum[b] /= block_size[b]  # block means: the prox values
     tau = _sparsemax_of_groups(block_sum, block_size, nb, cand_val, cand_size)
