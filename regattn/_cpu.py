@@ -45,6 +45,9 @@ from numba import njit, prange
 # input can make a kernel raise (inside a parallel region that would abort the whole
 # batch); a row that cannot be computed comes out as NaN.
 _jit = functools.partial(njit, cache=True, error_model="numpy")
+# The row functions are inlined into their row loops: on short rows the call itself
+# (its array arguments and the views made from them) costs up to a sixth of a row.
+_row_jit = functools.partial(_jit, inline="always")
 
 # Row flags / group ids with a special meaning.
 NORMAL = 0
@@ -156,7 +159,7 @@ def _masked_row(x, mask, r, buf):
 # ------------------------------------------------------------------------ sparsemax
 
 
-@_jit
+@_row_jit
 def _sparsemax_row(row, out_row, inv_gamma, vals, counts):
     """Write sparsemax(row * inv_gamma) to ``out_row``; return the row flag."""
     vmax, has_nan, _ = _row_stats(row)
@@ -260,9 +263,11 @@ def _tv_prox(y, n, lam, z, seg, knots, bounds):
 
 
 @_jit
-def _tv_prox_near_top(y, n, lam, z, seg, work, knots, bounds):
+def _tv_prox_near_top(y, n, lam, z, seg, work, knots, bounds, group_val, group_size):
     """``_tv_prox`` of ``y[:n]`` (largest value 0) where it can reach the sparsemax
-    support, for fusedmax; returns the number of segments.
+    support, for fusedmax; returns the number of segments, and the number of those
+    solved, whose values and sizes it writes to ``group_val`` and ``group_size``
+    (float): the candidates for the support.
 
     At the optimum |z[i] - y[i]| <= 2 lam, and sparsemax's threshold is at least
     max(z) - 1 >= -1 - 2 lam, so a position with y[i] < -1 - 4 lam gets z[i] below
@@ -277,6 +282,7 @@ def _tv_prox_near_top(y, n, lam, z, seg, work, knots, bounds):
     cut = -1.0 - 4.0 * lam
     jump = 4.0 * lam
     nseg = 0
+    groups = 0
     done = 0  # positions [0, done) are finished
     i = 0
     while i < n:
@@ -330,6 +336,13 @@ def _tv_prox_near_top(y, n, lam, z, seg, work, knots, bounds):
             for j in range(lo, hi + 1):
                 seg[j] += nseg
             nseg = seg[hi] + 1
+        for j in range(lo, hi + 1):
+            if j == lo or seg[j] != seg[j - 1]:
+                group_val[groups] = z[j]
+                group_size[groups] = 1.0
+                groups += 1
+            else:
+                group_size[groups - 1] += 1.0
         done = hi + 1
         i = done
     if done < n:
@@ -337,7 +350,7 @@ def _tv_prox_near_top(y, n, lam, z, seg, work, knots, bounds):
             z[j] = -np.inf
             seg[j] = nseg
         nseg += 1
-    return nseg
+    return nseg, groups
 
 
 @_jit
@@ -562,20 +575,22 @@ def _sparsemax_of_groups(group_val, group_size, ngroups, cand_val, cand_size):
     return _michelot(cand_val, cand_size, k)
 
 
-@_jit
+@_row_jit
 def _fusedmax_row(row, out_row, aux_row, inv_gamma, lam, scratch, idx, seg, knots, bounds):
     """Write fusedmax(row * inv_gamma) to ``out_row`` and the group ids to ``aux_row``;
     return the number of segments of the prox (a run of positions that cannot reach
     the support counts as one; 0 for a special row)."""
-    buf, z, ones, cand_val, cand_size = scratch[0], scratch[1], scratch[2], scratch[3], scratch[4]
+    buf, z, work, cand_val, cand_size = scratch[0], scratch[1], scratch[2], scratch[3], scratch[4]
     d = row.shape[0]
     m, vmax, has_nan = _compact_row(row, inv_gamma, buf, idx)
     flag = _special_row(row, out_row, vmax, has_nan)
     if flag != NORMAL:
         aux_row[:] = flag  # NO_GRAD or NAN_ROW
         return 0
-    nseg = _tv_prox_near_top(buf, m, lam, z, seg, cand_val, knots, bounds)
-    tau = _sparsemax_of_groups(z, ones, m, cand_val, cand_size)
+    nseg, groups = _tv_prox_near_top(
+        buf, m, lam, z, seg, work, knots, bounds, cand_val, cand_size
+    )
+    tau = _sparsemax_of_groups(cand_val, cand_size, groups, cand_val, cand_size)
     if m == d:  # nothing masked: position j is kept position j
         for j in range(d):
             v = z[j] - tau
@@ -595,8 +610,7 @@ def _fusedmax_row(row, out_row, aux_row, inv_gamma, lam, scratch, idx, seg, knot
 @_jit
 def fusedmax_forward(x, mask, out, aux, inv_gamma, lam, lo, hi):
     d = x.shape[1]
-    scratch = np.empty((5, d))  # buf, z, ones, cand_val, cand_size
-    scratch[2] = 1.0
+    scratch = np.empty((5, d))  # buf, z, work, cand_val, cand_size
     idx = np.empty(d, dtype=np.int64)
     seg = np.empty(d, dtype=np.int32)
     knots = np.empty((3, 2 * d + 2))
@@ -763,7 +777,7 @@ def _top_first(vals, idx, m, cut):
     return top
 
 
-@_jit
+@_row_jit
 def _oscarmax_row(row, out_row, aux_row, inv_gamma, lam, scratch, indices, counts):
     """Write oscarmax(row * inv_gamma) to ``out_row`` and the group ids to ``aux_row``;
     return the number of kept positions (0 for a special row)."""
@@ -921,7 +935,7 @@ def _pnorm_threshold(vals, k, vmax, p):
     return tau
 
 
-@_jit
+@_row_jit
 def _sq_pnorm_max_row(row, out_row, inv_gamma, p, vals):
     """Write sq-pnorm-max(row * inv_gamma) to ``out_row``; return the row flag."""
     vmax, has_nan, _ = _row_stats(row)
@@ -1057,7 +1071,7 @@ def _entmax15_threshold(vals, k, vmax):
     return tau
 
 
-@_jit
+@_row_jit
 def _entmax15_row(row, out_row, inv_gamma, vals):
     """Write 1.5-entmax(row * inv_gamma) to ``out_row``; return the row flag."""
     vmax, has_nan, _ = _row_stats(row)
@@ -1180,29 +1194,35 @@ def structured_forward_lams(kind, x, mask, out, aux, counts, inv_gamma, lams, lo
     masked = np.empty(d)
     if kind == FUSEDMAX:
         scratch = np.empty((5, d))
-        scratch[2] = 1.0
         idx = np.empty(d, dtype=np.int64)
         seg = np.empty(d, dtype=np.int32)
         knots = np.empty((3, 2 * d + 2))
         bounds = np.empty((3, d))
         for r in range(lo, hi):
-            args = (out[r], aux[r], inv_gamma, lams[r], scratch, idx, seg, knots, bounds)
+            # No *args: numba cannot inline a call that unpacks them.
             if mask is None:
-                counts[r] = _fusedmax_row(x[r], *args)
+                counts[r] = _fusedmax_row(
+                    x[r], out[r], aux[r], inv_gamma, lams[r], scratch, idx, seg, knots, bounds
+                )
             else:
                 _masked_row(x, mask, r, masked)
-                counts[r] = _fusedmax_row(masked, *args)
+                counts[r] = _fusedmax_row(
+                    masked, out[r], aux[r], inv_gamma, lams[r], scratch, idx, seg, knots, bounds
+                )
     else:
         scratch = np.empty((6, d))
         indices = np.empty((4, d), dtype=np.int64)
         sort_counts = np.empty((4, 256), dtype=np.int64)
         for r in range(lo, hi):
-            args = (out[r], aux[r], inv_gamma, lams[r], scratch, indices, sort_counts)
             if mask is None:
-                counts[r] = _oscarmax_row(x[r], *args)
+                counts[r] = _oscarmax_row(
+                    x[r], out[r], aux[r], inv_gamma, lams[r], scratch, indices, sort_counts
+                )
             else:
                 _masked_row(x, mask, r, masked)
-                counts[r] = _oscarmax_row(masked, *args)
+                counts[r] = _oscarmax_row(
+                    masked, out[r], aux[r], inv_gamma, lams[r], scratch, indices, sort_counts
+                )
 
 
 @_jit

@@ -150,10 +150,8 @@ def _sparsemax_thread(r, x, mask, out, aux, inv_gamma, scratch):
 @_jit
 def _fusedmax_thread(r, x, mask, out, aux, inv_gamma, lam, scratch, knots, idx, seg):
     """Row r of fusedmax (``_cpu.fusedmax_forward``): scratch rows row, then buf, z,
-    ones, cand_val, cand_size (the row function's scratch), then bounds (3)."""
+    work, cand_val, cand_size (the row function's scratch), then bounds (3)."""
     row = scratch[0, :, r]
-    for i in range(x.shape[1]):
-        scratch[3, i, r] = 1.0
     _load_row(x, mask, r, row)
     _cpu._fusedmax_row(
         row, out[r], aux[r], inv_gamma, lam, scratch[1:6, :, r], idx[:, r], seg[:, r],
