@@ -587,9 +587,7 @@ def _fusedmax_row(row, out_row, aux_row, inv_gamma, lam, scratch, idx, seg, knot
     if flag != NORMAL:
         aux_row[:] = flag  # NO_GRAD or NAN_ROW
         return 0
-    nseg, groups = _tv_prox_near_top(
-        buf, m, lam, z, seg, work, knots, bounds, cand_val, cand_size
-    )
+    nseg, groups = _tv_prox_near_top(buf, m, lam, z, seg, work, knots, bounds, cand_val, cand_size)
     tau = _sparsemax_of_groups(cand_val, cand_size, groups, cand_val, cand_size)
     if m == d:  # nothing masked: position j is kept position j
         for j in range(d):
