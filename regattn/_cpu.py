@@ -876,6 +876,8 @@ def _grouped_backward_rows(aux, g, grad, inv_gamma, lo, hi, group_sum, group_siz
 @_jit
 def _power(v, e):
     """v ** e, with the exponents of p = 1.5 (the paper's choice) done without pow."""
+    if e == 1.0:
+        return v
     if e == 2.0:
         return v * v
     if e == 0.5:
@@ -895,10 +897,11 @@ def _pnorm_terms(vals, k, tau, q):
     for i in range(k):
         t = vals[i] - tau
         if t > 0.0:
-            u = _power(t, q)
+            u_dt = _power(t, q - 1.0)  # t for p = 1.5: no division, no pow
+            u = u_dt * t
             s_u += u
             s_ut += u * t
-            s_udt += u / t
+            s_udt += u_dt
     return s_u, s_ut, s_udt
 
 
