@@ -767,6 +767,11 @@ def _top_first(vals, idx, m, cut):
     support, whichever values they hold.
     """
     top = 0
+    for i in range(m):  # a count first: on long rows every value is often kept
+        top += vals[i] >= cut
+    if top == m:
+        return m
+    top = 0
     for i in range(m):
         if vals[i] >= cut:
             vals[top], vals[i] = vals[i], vals[top]
