@@ -11,18 +11,23 @@ A run is finished when its result file (<results_dir>/runs/<run name>.json) exis
 any other is started with scripts/train.py, which resumes from the run directory's
 last checkpoint. Each run's output goes to <run dir>/driver.log; the driver
 prints one line per run started or ended, and where its results went.
+
+The driver reads the suite file again whenever it starts a run, so runs added,
+removed or reordered while it works take effect at its next start, without
+stopping the runs under way. A run that fails is not retried until the next driver.
 """
 
 import argparse
 import datetime
+import functools
 import itertools
 import logging
 import os
 import shlex
 import subprocess
 import sys
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
@@ -49,14 +54,21 @@ def expand(overrides):
     return [list(run) for run in itertools.product(*choices)]
 
 
+class SuiteError(ValueError):
+    """A suite file that cannot be read as one."""
+
+
 def load_suite(path, only=None):
     """(group, overrides) for every run of the suite file, in file order."""
-    suite = yaml.safe_load(Path(path).read_text())
+    try:
+        suite = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as error:
+        raise SuiteError(f"{path}: {error}") from None
     if not isinstance(suite, dict) or not suite:
-        sys.exit(f"error: {path} must map group names to lists of train.py command lines")
+        raise SuiteError(f"{path} must map group names to lists of train.py command lines")
     unknown = sorted(set(only or ()) - set(suite))
     if unknown:
-        sys.exit(f"error: --only {', '.join(unknown)}: not in {path} (groups: {', '.join(suite)})")
+        raise SuiteError(f"--only {', '.join(unknown)}: not in {path} (groups: {', '.join(suite)})")
     runs = []
     for group, overrides in suite.items():
         if only and group not in only:
@@ -64,6 +76,11 @@ def load_suite(path, only=None):
         for line in overrides:
             runs += [(group, run) for run in expand(shlex.split(str(line)))]
     return runs
+
+
+@functools.cache
+def _run_paths(overrides):
+    return run_paths(list(overrides))
 
 
 def run_paths(overrides):
@@ -76,6 +93,33 @@ def run_paths(overrides):
 
 def _now():
     return datetime.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+
+
+class Scheduler:
+    """Hands out the suite's unfinished runs in file order, one at a time, to the
+    driver's workers, reading the suite file again for each (an unreadable edit is
+    reported and the last readable version kept)."""
+
+    def __init__(self, path, only=None):
+        self.path, self.only = path, only
+        self.runs = load_suite(path, only)
+        self.taken = set()  # started by this driver: running, done or failed
+        self.lock = threading.Lock()
+
+    def next(self):
+        """(overrides, run dir, result file) of the next run to start, or None."""
+        with self.lock:
+            try:
+                self.runs = load_suite(self.path, self.only)
+            except SuiteError as error:
+                print(f"{_now()} warning: {error}; keeping its last readable version", flush=True)
+            for _, overrides in self.runs:
+                key = tuple(overrides)
+                run_dir, result = _run_paths(key)
+                if key not in self.taken and not result.is_file():
+                    self.taken.add(key)
+                    return overrides, run_dir, result
+            return None
 
 
 def train_one(overrides, run_dir, result, threads):
@@ -104,24 +148,34 @@ def main():
     if args.jobs < 1 or args.threads < 1:
         sys.exit(f"error: --jobs {args.jobs} --threads {args.threads}: both must be >= 1")
 
-    todo, finished = [], 0
-    for group, overrides in load_suite(args.suite, args.only):
-        run_dir, result = run_paths(overrides)
-        if result.is_file():
-            finished += 1
-        else:
-            todo.append((overrides, run_dir, result))
-        state = "finished" if result.is_file() else "to run"
+    try:
+        scheduler = Scheduler(args.suite, args.only)
+    except SuiteError as error:
+        sys.exit(f"error: {error}")
+    finished = 0
+    for group, overrides in scheduler.runs:
+        done = _run_paths(tuple(overrides))[1].is_file()
+        finished += done
         if args.dry_run:
-            print(f"{state:9} {group}: {' '.join(overrides)}")
-    print(f"{finished} runs finished, {len(todo)} to run ({args.jobs} at once)", flush=True)
-    if args.dry_run or not todo:
+            print(f"{'finished' if done else 'to run':9} {group}: {' '.join(overrides)}")
+    to_run = len(scheduler.runs) - finished
+    print(f"{finished} runs finished, {to_run} to run ({args.jobs} at once)", flush=True)
+    if args.dry_run or not to_run:
         return
-    with ThreadPoolExecutor(args.jobs) as pool:
-        outcomes = list(pool.map(lambda job: train_one(*job, args.threads), todo))
-    failed = outcomes.count(False)
+    failed = []
+
+    def work():
+        while (job := scheduler.next()) is not None:
+            if not train_one(*job, args.threads):
+                failed.append(job)
+
+    workers = [threading.Thread(target=work) for _ in range(args.jobs)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
     if failed:
-        sys.exit(f"error: {failed} of {len(todo)} runs failed; see their driver.log")
+        sys.exit(f"error: {len(failed)} runs failed; see their driver.log")
 
 
 if __name__ == "__main__":
