@@ -642,7 +642,6 @@ def _pool_adjacent_violators(v, n, block_sum, block_size):
 
 
 _INSERTION_SORT_MAX = 24
-_TWO_PASS_RADIX_MAX = 256
 
 
 @_jit
@@ -670,8 +669,8 @@ def _argsort_desc(vals, m, order, keys, spare, counts):
     """Indices that sort ``vals[:m]`` in non-increasing order, written to ``order``.
 
     Short rows use insertion sort. Longer ones use an LSD radix sort (8-bit digits)
-    on the top 32 bits of an order-preserving integer image of each value,
-    with the index in the low bits; values that share their top 32 bits are then
+    on the top 24 bits of an order-preserving integer image of each value,
+    with the index in the low bits; values that share their top 24 bits are then
     put in exact order by a final insertion pass, which is linear when few are out
     of place. No allocation: all buffers come from the caller. Rows whose values
     mostly share their top bits (nearly equal scores, as an untrained model gives)
@@ -683,9 +682,11 @@ def _argsort_desc(vals, m, order, keys, spare, counts):
             order[i] = i
         _insertion_sort_desc(vals, order, 0, m, m * m)
         return
-    # Mid-sized rows sort on the top 16 bits only (sign, exponent, 4 mantissa bits):
-    # half the passes, and the insertion pass fixes the few ties.
-    first = 2 if m <= _TWO_PASS_RADIX_MAX else 0
+    # Three passes over the top 24 bits (sign, exponent, 12 mantissa bits) of the
+    # 32 in the key's digits: measured faster, at every length from 64 to 4096, than
+    # four over all 32 (the insertion pass orders the few values that tie) and than
+    # two over 16 (whose many ties cost the insertion pass more than a pass saves).
+    first = 1
     counts[first:, :] = 0
     for i in range(m):
         bits = np.float64(vals[i]).view(np.int64)
