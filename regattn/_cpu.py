@@ -642,6 +642,7 @@ def _pool_adjacent_violators(v, n, block_sum, block_size):
 
 
 _INSERTION_SORT_MAX = 24
+_THREE_PASS_RADIX_MAX = 4096
 
 
 @_jit
@@ -669,24 +670,26 @@ def _argsort_desc(vals, m, order, keys, spare, counts):
     """Indices that sort ``vals[:m]`` in non-increasing order, written to ``order``.
 
     Short rows use insertion sort. Longer ones use an LSD radix sort (8-bit digits)
-    on the top 24 bits of an order-preserving integer image of each value,
-    with the index in the low bits; values that share their top 24 bits are then
-    put in exact order by a final insertion pass, which is linear when few are out
-    of place. No allocation: all buffers come from the caller. Rows whose values
-    mostly share their top bits (nearly equal scores, as an untrained model gives)
-    would make that pass quadratic: after 8m moves it gives up and a merge sort
-    finishes the row, so the worst case is O(m log m).
+    on the top 24 bits (rows of up to 4096 values) or 32 bits of an order-preserving
+    integer image of each value, with the index in the low bits; values that share
+    those bits are then put in exact order by a final insertion pass, which is
+    linear when few are out of place. No allocation: all buffers come from the
+    caller. Rows whose values mostly share their top bits (nearly equal scores, as an
+    untrained model gives) would make that pass quadratic: after 8m moves it gives up
+    and a merge sort finishes the row, so the worst case is O(m log m).
     """
     if m <= _INSERTION_SORT_MAX:
         for i in range(m):
             order[i] = i
         _insertion_sort_desc(vals, order, 0, m, m * m)
         return
-    # Three passes over the top 24 bits (sign, exponent, 12 mantissa bits) of the
-    # 32 in the key's digits: measured faster, at every length from 64 to 4096, than
-    # four over all 32 (the insertion pass orders the few values that tie) and than
-    # two over 16 (whose many ties cost the insertion pass more than a pass saves).
-    first = 1
+    # Up to 4096 values, three passes over the top 24 bits (sign, exponent, 12
+    # mantissa bits) of the key's 32: measured faster at every length from 64 to 4096
+    # than four over all 32 (the insertion pass orders the few values that tie) and
+    # than two over 16 (whose many ties cost the insertion pass more than a pass
+    # saves). Longer rows have more ties in 24 bits: all four passes (at 1e5 values
+    # three cost about twice as much).
+    first = 1 if m <= _THREE_PASS_RADIX_MAX else 0
     counts[first:, :] = 0
     for i in range(m):
         bits = np.float64(vals[i]).view(np.int64)
