@@ -68,5 +68,5 @@ bench: $(STAMP)
 	$(PY) scripts/bench_ops.py --threads 2
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .hypothesis build
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
