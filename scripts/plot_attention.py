@@ -11,6 +11,10 @@ is written in its cell, so groups of equal weights (fusedmax, oscarmax) show.
 With --sentence, each mapping's run (the lowest seed) must still have its run
 directory (``run_dir`` in its result file, below --runs-root) with checkpoint_best.pt;
 the panel shows the model's own output.
+
+    # the chosen settings only, in this order (labels as in table.md):
+    python scripts/plot_attention.py results/reduced --task nmt --name fr-en_paper \
+        --sentence "..." --mappings "fusedmax (lam=0.1, gamma=3)" softmax "sparsemax (gamma=3)"
 """
 
 import argparse
@@ -83,11 +87,27 @@ def choose_runs(results_dir, seed=None, task=None):
     return chosen
 
 
-def plot_runs(results_dir, seed=None):
+def panel_labels(by_label, mappings=None):
+    """The mapping labels to plot: ``mappings`` in their order (each must have a run),
+    or every label, in the paper's order."""
+    if not mappings:
+        return sorted(by_label, key=lambda x: (mapping_rank(x), x))
+    missing = [label for label in mappings if label not in by_label]
+    if missing:
+        sys.exit(
+            f"error: --mappings {', '.join(map(repr, missing))}: no such run; the labels "
+            f"there are {', '.join(map(repr, sorted(by_label)))}"
+        )
+    return list(mappings)
+
+
+def plot_runs(results_dir, seed=None, mappings=None):
     chosen = choose_runs(results_dir, seed)
     written = []
     for (task, arch, model), by_label in sorted(chosen.items()):
-        labels = sorted(by_label, key=lambda x: (mapping_rank(x), x))
+        if mappings and not set(mappings) <= set(by_label):
+            continue  # a model without the chosen runs (another task, say)
+        labels = panel_labels(by_label, mappings)
         count = min(len(by_label[label]["attention_examples"]) for label in labels)
         for index in range(count):
             panels = [(label, by_label[label]["attention_examples"][index]) for label in labels]
@@ -97,14 +117,17 @@ def plot_runs(results_dir, seed=None):
     return written
 
 
-def plot_sentence(results_dir, task, sentence, name, runs_root, seed=None, caption=None):
-    """One figure per model of ``task``: every mapping's attention on ``sentence``."""
+def plot_sentence(
+    results_dir, task, sentence, name, runs_root, seed=None, caption=None, mappings=None
+):
+    """One figure per model of ``task``: every mapping's attention on ``sentence``
+    (or that of ``mappings``, in their order)."""
     from tasks.evaluation import attend
 
     written = []
     for (task_name, arch, model), by_label in sorted(choose_runs(results_dir, seed, task).items()):
         panels = []
-        for label in sorted(by_label, key=lambda x: (mapping_rank(x), x)):
+        for label in panel_labels(by_label, mappings):
             run = by_label[label]
             run_dir = runs_root / run["run_dir"]
             if not (run_dir / "checkpoints" / "checkpoint_best.pt").is_file():
@@ -128,14 +151,20 @@ def main():
     parser.add_argument(
         "--runs-root", type=Path, default=REPO, help="where run_dir paths start (default: repo)"
     )
+    parser.add_argument(
+        "--mappings",
+        nargs="+",
+        metavar="LABEL",
+        help="plot these mappings only, in this order (labels as in table.md)",
+    )
     args = parser.parse_args()
     if args.sentence:
         if not args.task:
             parser.error("--sentence needs --task (nmt or summarization)")
         written = plot_sentence(args.results_dir, args.task, args.sentence, args.name,
-                                args.runs_root, args.seed, args.caption)  # fmt: skip
+                                args.runs_root, args.seed, args.caption, args.mappings)  # fmt: skip
     else:
-        written = plot_runs(args.results_dir, args.seed)
+        written = plot_runs(args.results_dir, args.seed, args.mappings)
     for path in written:
         print(f"wrote {path}")
 

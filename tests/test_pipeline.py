@@ -144,6 +144,9 @@ def test_tables_and_figures_from_run_files(data_root, tmp_path):
         "mine",
         "--runs-root",
         "/",
+        "--mappings",  # the chosen panels, in this order
+        "fusedmax (lam=0.1)",
+        "softmax",
     ]
     subprocess.run(command, check=True)  # fmt: skip
     assert (results / "figures" / "nmt_lstm_attn-tiny_mine.png").is_file()

@@ -12,7 +12,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from scripts import make_tables  # noqa: E402
+from scripts import make_tables, plot_attention  # noqa: E402
 
 N = 400  # test examples
 
@@ -127,3 +127,14 @@ def test_missing_suite_runs_are_named(results):
     text = make_tables.make_tables(results)
     assert "## Runs not finished (2)" in text
     assert f"- `task=snli profile=reduced results_dir={results} mapping=entmax15 seed=2`" in text
+
+
+def test_plot_attention_panels_follow_the_paper_or_the_chosen_mappings():
+    by_label = {"fusedmax (lam=0.1)": 1, "sparsemax (gamma=3)": 2, "softmax": 3, "sparsemax": 4}
+    assert plot_attention.panel_labels(by_label) == [
+        "softmax", "sparsemax", "sparsemax (gamma=3)", "fusedmax (lam=0.1)"
+    ]  # fmt: skip
+    chosen = ["fusedmax (lam=0.1)", "softmax", "sparsemax (gamma=3)"]
+    assert plot_attention.panel_labels(by_label, chosen) == chosen
+    with pytest.raises(SystemExit, match="--mappings 'oscarmax': no such run; the labels"):
+        plot_attention.panel_labels(by_label, ["softmax", "oscarmax"])
