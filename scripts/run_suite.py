@@ -33,6 +33,8 @@ from pathlib import Path
 import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
+from omegaconf.errors import OmegaConfBaseException
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -74,8 +76,32 @@ def load_suite(path, only=None):
         if only and group not in only:
             continue
         for line in overrides:
-            runs += [(group, run) for run in expand(shlex.split(str(line)))]
+            try:
+                runs += [(group, run) for run in expand(shlex.split(str(line)))]
+            except (HydraException, ValueError) as error:
+                raise SuiteError(f"{path}, group {group}: {line}: {error}") from None
+    _check_distinct(path, runs)
     return runs
+
+
+def _check_distinct(path, runs):
+    """Two different command lines with one run directory would share checkpoints
+    (and the second would count as finished when the first is): for example a
+    setting changed without a ``+task.run_suffix`` to name it."""
+    first = {}
+    for group, overrides in runs:
+        key = tuple(overrides)
+        try:
+            run_dir = _run_paths(key)[0]
+        except (HydraException, OmegaConfBaseException) as error:
+            raise SuiteError(f"{path}, group {group}: {' '.join(key)}: {error}") from None
+        earlier = first.setdefault(run_dir, (group, key))
+        if earlier[1] != key:
+            raise SuiteError(
+                f"{path}: these runs share the run directory {run_dir} "
+                f"(give one a +task.run_suffix=...):\n  {earlier[0]}: {' '.join(earlier[1])}"
+                f"\n  {group}: {' '.join(key)}"
+            )
 
 
 @functools.cache

@@ -115,3 +115,28 @@ def test_a_bad_suite_file_stops_the_driver_with_a_clear_error(driver, text, args
     driver.suite.write_text(text)
     with pytest.raises(SystemExit, match=match):
         driver(*args)
+
+
+def test_a_setting_changed_without_a_run_suffix_is_refused(tmp_path, driver):
+    # Both lines would train into one run directory: the second would resume the
+    # first's checkpoints, or count as finished once the first is.
+    plain = suite_line(tmp_path, "softmax")
+    write_suite(driver.suite, {"a": [plain], "b": [plain + " model.snli_attn.dropout=0.3"]})
+    with pytest.raises(SystemExit, match=r"share the run directory(.|\n)*run_suffix"):
+        driver()
+    write_suite(
+        driver.suite,
+        {"a": [plain], "b": [plain + " model.snli_attn.dropout=0.3 +task.run_suffix=_drop0.3"]},
+    )
+    assert driver() == ["softmax", "softmax"]
+
+
+def test_a_run_that_does_not_compose_is_named(tmp_path, driver):
+    write_suite(driver.suite, {"a": [suite_line(tmp_path, "softmax,sparsmax")]})
+    with pytest.raises(SystemExit, match=r"group a: .*mapping=sparsmax"):
+        driver()
+
+
+@pytest.mark.parametrize("suite", sorted(REPO.glob("results/*/suite.yaml")), ids=str)
+def test_the_committed_suites_compose_to_distinct_runs(suite):
+    assert run_suite.load_suite(suite)
