@@ -39,12 +39,9 @@ def plot_example(panels, path, caption=None):
     rows = max(len(example["target"]) for _, example in panels)
     width = max(4.0, 0.32 * len(source)) * min(n, 3)
     height = max(2.0, 0.28 * rows + 1.4) * ((n + 2) // 3)
+    # The constrained layout makes room for each panel's rotated source words.
     fig, axes = plt.subplots(
-        (n + 2) // 3,
-        min(n, 3),
-        figsize=(width, height),
-        squeeze=False,
-        gridspec_kw={"hspace": 0.25 + 0.03 * max(map(len, source))},  # room for the labels
+        (n + 2) // 3, min(n, 3), figsize=(width, height), squeeze=False, layout="constrained"
     )
     for ax in axes.flat[n:]:
         ax.axis("off")
@@ -65,7 +62,7 @@ def plot_example(panels, path, caption=None):
                             color=color)  # fmt: skip
     fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.6)
     if caption:
-        fig.suptitle(caption, fontsize=8, y=1.0 + 0.02 * (len(caption) // 120), wrap=True)
+        fig.suptitle(caption, fontsize=8, wrap=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
