@@ -51,8 +51,9 @@ def mapping_overrides(mapping):
 
 
 def mappings_of_runs(run_dirs, task):
-    """(label, mapping) of each trained run, in the order given; exits with a clear
-    error on a directory that is not a finished run of ``task``."""
+    """The label, mapping config and run directory (decode_run) of each trained run,
+    in the order given; exits with a clear error on a directory that is not a
+    finished run of ``task``."""
     from omegaconf import OmegaConf
 
     found = []
@@ -67,11 +68,13 @@ def mappings_of_runs(run_dirs, task):
         if cfg.task.name != task:
             sys.exit(f"error: --runs {run_dir}: a {cfg.task.name} run, not {task} (--task)")
         mapping = OmegaConf.to_container(cfg.mapping)
-        found.append((mapping_label(mapping), mapping))
-    labels = [label for label, _ in found]
+        found.append(
+            {"label": mapping_label(mapping), "mapping": mapping, "decode_run": str(run_dir)}
+        )
+    labels = [entry["label"] for entry in found]
     if len(set(labels)) < len(labels):
         sys.exit(f"error: --runs: two runs of one mapping and settings ({', '.join(labels)})")
-    if not any(mapping["name"] == "softmax" for _, mapping in found):
+    if not any(entry["mapping"]["name"] == "softmax" for entry in found):
         sys.exit("error: --runs: one of the runs must be softmax's, the ratios' baseline")
     return found
 
@@ -158,7 +161,9 @@ def markdown(report):
     ]
     if decoded:
         lines += ["", "Runs decoded:", ""]
-        lines += [f"- {m['label']}: `{m['decode_run']}`" for m in report["mappings"]]
+        lines += [
+            f"- {m['label']}: `{m['decode_run']}`" for m in report["mappings"] if m["decode_run"]
+        ]
     lines += [
         "",
         "| mapping | train target tokens/s | ratio | decode sentences/s | ratio |",
@@ -235,12 +240,7 @@ def main():
         parser.error("--runs: decoding speed is for the seq2seq tasks (nmt, summarization)")
 
     if args.runs:
-        mappings = [
-            {"label": label, "mapping": mapping, "decode_run": str(run_dir)}
-            for (label, mapping), run_dir in zip(
-                mappings_of_runs(args.runs, args.task), args.runs, strict=True
-            )
-        ]
+        mappings = mappings_of_runs(args.runs, args.task)
     else:
         mappings = [
             {"label": name, "mapping": {"name": name}, "decode_run": None} for name in MAPPINGS

@@ -58,6 +58,7 @@ def test_time_mappings_tables_are_medians_of_same_round_ratios():
     assert "| sparsemax (gamma=10) | 100 | 0.50 | – | – |" in text
     assert "| fusedmax (lam=0.3) | 200 | 1.00 | 5.0 | 0.50 |" in text
     assert "- fusedmax (lam=0.3): `runs/fusedmax (lam=0.3)`" in text
+    assert "`None`" not in text  # runs given but not decoded are not listed
     assert "the settings of the trained runs decoded" in text
     assert "| 2 runs x 1 thread | 210 | 420 |" in text
     assert "two single-threaded runs get more done (1.40x)" in text
@@ -79,10 +80,14 @@ def test_time_mappings_reads_each_runs_mapping_and_refuses_what_it_cannot_time(t
     softmax, fusedmax = trained_run("softmax"), trained_run("fusedmax", gamma=3, lam=0.3)
     found = time_mappings.mappings_of_runs([softmax, fusedmax], "nmt")
     assert found == [
-        ("softmax", {"name": "softmax"}),
-        ("fusedmax (lam=0.3, gamma=3)", {"name": "fusedmax", "gamma": 3, "lam": 0.3}),
+        {"label": "softmax", "mapping": {"name": "softmax"}, "decode_run": str(softmax)},
+        {
+            "label": "fusedmax (lam=0.3, gamma=3)",
+            "mapping": {"name": "fusedmax", "gamma": 3, "lam": 0.3},
+            "decode_run": str(fusedmax),
+        },
     ]
-    assert time_mappings.mapping_overrides(found[1][1]) == [
+    assert time_mappings.mapping_overrides(found[1]["mapping"]) == [
         "mapping=fusedmax", "mapping.gamma=3", "mapping.lam=0.3"
     ]  # fmt: skip
     refused = [
