@@ -84,6 +84,9 @@ def _settings(run, without_mapping=False):
     and the bookkeeping of where things go (and without the mapping, to find the
     softmax runs a mapping is compared with)."""
     config = {k: v for k, v in run["config"].items() if k not in SEED_AND_PLACES}
+    # The sentence whose attention a run records for a figure changes none of its results.
+    task = config["task"]
+    config["task"] = {**task, "eval": {k: v for k, v in task["eval"].items() if k != "sentence"}}
     if without_mapping:
         config.pop("mapping")
     return json.dumps(config, sort_keys=True)

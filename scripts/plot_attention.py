@@ -8,9 +8,11 @@ is written in its cell, so groups of equal weights (fusedmax, oscarmax) show.
     python scripts/plot_attention.py results/reduced --task nmt --name fr-en_paper \
         --sentence "son application est en fin de compte laissée à la discrétion des états ."
 
-With --sentence, each mapping's run (the lowest seed) must still have its run
-directory (``run_dir`` in its result file, below --runs-root) with checkpoint_best.pt;
-the panel shows the model's own output.
+With --sentence, each panel shows the model's own output. A run trained with that
+sentence as ``task.eval.sentence`` recorded its output and attention in its result
+file; any other run (the lowest seed of each mapping, or --seed) must still have its
+run directory (``run_dir`` in its result file, below --runs-root) with
+checkpoint_best.pt.
 
     # the chosen settings only, in this order (labels as in table.md):
     python scripts/plot_attention.py results/reduced --task nmt --name fr-en_paper \
@@ -114,23 +116,35 @@ def plot_runs(results_dir, seed=None, mappings=None):
     return written
 
 
+def sentence_attention(run, sentence, runs_root, label):
+    """The run's output and attention for ``sentence``: from its result file when it
+    recorded that sentence (task.eval.sentence), else through its checkpoint."""
+    from tasks.evaluation import attend, normalize_sentence
+
+    recorded = run.get("sentence_attention")
+    if recorded and recorded["sentence"] == normalize_sentence(sentence):
+        return recorded
+    run_dir = runs_root / run["run_dir"]
+    if not (run_dir / "checkpoints" / "checkpoint_best.pt").is_file():
+        sys.exit(f"error: no checkpoint for {label} at {run_dir} and its result file has no "
+                 "attention for this sentence: train it first (or point --runs-root to where "
+                 "the run directories are, or --seed to runs trained with "
+                 "task.eval.sentence set to it)")  # fmt: skip
+    return attend(run_dir, sentence)
+
+
 def plot_sentence(
     results_dir, task, sentence, name, runs_root, seed=None, caption=None, mappings=None
 ):
     """One figure per model of ``task``: every mapping's attention on ``sentence``
     (or that of ``mappings``, in their order)."""
-    from tasks.evaluation import attend
-
     written = []
     for (task_name, arch, model), by_label in sorted(choose_runs(results_dir, seed, task).items()):
         panels = []
         for label in panel_labels(by_label, mappings):
             run = by_label[label]
-            run_dir = runs_root / run["run_dir"]
-            if not (run_dir / "checkpoints" / "checkpoint_best.pt").is_file():
-                sys.exit(f"error: no checkpoint for {label} at {run_dir}: train it first "
-                         "(or point --runs-root to where the run directories are)")  # fmt: skip
-            panels.append((f"{label} (seed {run['seed']})", attend(run_dir, sentence)))
+            example = sentence_attention(run, sentence, runs_root, label)
+            panels.append((f"{label} (seed {run['seed']})", example))
         path = results_dir / "figures" / f"{task_name}_{arch}-{model}_{name}.png"
         plot_example(panels, path, caption)
         written.append(path)

@@ -132,6 +132,11 @@ def evaluate_seq2seq(cfg, models, task, cpu):
         "examples": len(hypotheses),
         "per_example": per_example,
     }
+    # A sentence of the user's own (task.eval.sentence), for figures that need no
+    # checkpoint: the paper's examples, say.
+    sentence = cfg.task.eval.get("sentence")
+    if sentence:
+        result["sentence_attention"] = _attend(cfg, models, task, sentence, cpu)
     if split != "valid":
         valid_ids, valid_hypotheses, _, _ = _decode(cfg, task, generator, models, "valid", cpu)
         valid_references = _references(cfg, task, "valid", valid_ids)
@@ -190,16 +195,25 @@ def _decode(cfg, task, generator, models, split, cpu):
 
 
 def attend(run_dir, sentence, cpu=True):
-    """The beam-5 output of a trained seq2seq run for one source sentence, and its
-    attention: {"source", "target" (tokens, </s> included), "attention" (one row per
-    target token over the source tokens)}. ``sentence`` is tokenized text, as in the
-    prepared data (word vocabularies: lower-cased, split on spaces)."""
-    from fairseq.dataclass.configs import GenerationConfig
-
+    """The beam output of a trained seq2seq run for one source sentence, and its
+    attention: {"sentence", "source", "target" (tokens, </s> included), "attention"
+    (one row per target token over the source tokens)}. ``sentence`` is tokenized
+    text, as in the prepared data (word vocabularies: lower-cased, split on spaces)."""
     cfg, models, task = _load(Path(run_dir), cpu)
     if cfg.task.name == "snli":
         raise PipelineError(f"{run_dir} is an SNLI run: attend() needs a seq2seq run")
-    text = " ".join(sentence.lower().split())
+    return _attend(cfg, models, task, sentence, cpu)
+
+
+def normalize_sentence(sentence):
+    """A source sentence as the prepared data has it: lower-cased, single spaces."""
+    return " ".join(sentence.lower().split())
+
+
+def _attend(cfg, models, task, sentence, cpu):
+    from fairseq.dataclass.configs import GenerationConfig
+
+    text = normalize_sentence(sentence)
     if cfg.task.vocab == "spm":
         import sentencepiece
 
@@ -221,6 +235,7 @@ def attend(run_dir, sentence, cpu=True):
         best = task.inference_step(generator, models, sample)[0][0]
     attention = best["attention"].float().cpu()[: len(tokens)].t()
     return {
+        "sentence": normalize_sentence(sentence),
         "source": [source_dict[t] for t in tokens],
         "target": [target_dict[t] for t in best["tokens"]],
         "attention": attention.tolist(),
@@ -332,6 +347,8 @@ def evaluate_run(run_dir, cpu=True, extra=None):
         "attention_examples": evaluated["attention_examples"],
         "per_example": evaluated["per_example"],
     }
+    if "sentence_attention" in evaluated:
+        result["sentence_attention"] = evaluated["sentence_attention"]
     path = result_path(cfg, run_dir)
     write_json_atomic(path, result)
     summary = ", ".join(f"{k} {v:.2f}" for k, v in metrics.items() if isinstance(v, float))

@@ -76,6 +76,23 @@ def check_data(task):
     return meta
 
 
+def check_eval(task):
+    """task.eval.sentence (optional): a source sentence whose attention the evaluation
+    records in the result file; translation and summarization only."""
+    sentence = task.eval.get("sentence")
+    if sentence is None:
+        return
+    if not isinstance(sentence, str) or not sentence.split():
+        raise PipelineError(
+            f"task.eval.sentence={sentence!r}: give a tokenized source sentence, or leave it out"
+        )
+    if task.name == "snli":
+        raise PipelineError(
+            f"task.eval.sentence={sentence!r}: SNLI classifies sentence pairs; recording one "
+            "sentence's attention is for the seq2seq tasks (nmt, summarization)"
+        )
+
+
 def check_run_dir(cfg, run_dir):
     """Record the run's config in its directory, or check that the directory holds the
     same run (so that rerunning a command resumes it and never mixes two runs)."""
@@ -233,6 +250,7 @@ def train(cfg, run_dir, cpu):
 
     warm_up(cfg.mapping)
     check_data(cfg.task)
+    check_eval(cfg.task)
     check_run_dir(cfg, run_dir)
     fs_cfg = fairseq_config(cfg, run_dir, cpu)
     reset_fairseq_state()

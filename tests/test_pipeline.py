@@ -152,6 +152,68 @@ def test_tables_and_figures_from_run_files(data_root, tmp_path):
     assert (results / "figures" / "nmt_lstm_attn-tiny_mine.png").is_file()
 
 
+def test_a_recorded_sentence_draws_without_checkpoint(data_root, tmp_path):
+    """task.eval.sentence records the model's output and attention for a sentence in the
+    result file (figures from runs whose checkpoints are gone), and changes nothing
+    else: such a run is a seed of the same setting as one without it."""
+    sentence = "Un homme  regarde la mer ."
+    plain = make_config(data_root, tmp_path, "task=nmt", "seed=1")
+    recording = make_config(data_root, tmp_path, "task=nmt", "seed=2",
+                            f"+task.eval.sentence='{sentence}'")  # fmt: skip
+    for cfg in (plain, recording):
+        throughput = pipeline.train(cfg, run_dir_of(cfg), cpu=True)
+        evaluation.evaluate_run(run_dir_of(cfg), cpu=True, extra=throughput)
+    saved = json.loads(evaluation.result_path(recording, run_dir_of(recording)).read_text())
+    recorded = saved["sentence_attention"]
+    assert recorded == evaluation.attend(run_dir_of(recording), sentence)
+    assert recorded["sentence"] == "un homme regarde la mer ."
+    assert recorded["source"][:2] == ["un", "homme"]
+    assert "sentence_attention" not in json.loads(
+        evaluation.result_path(plain, run_dir_of(plain)).read_text()
+    )
+    results = tmp_path / "results"
+    subprocess.run([sys.executable, str(REPO / "scripts" / "make_tables.py"), str(results)],
+                   check=True)  # fmt: skip
+    assert "| lstm_attn (tiny) | softmax | 2 |" in (results / "table.md").read_text()
+    for checkpoint in (tmp_path / "runs").rglob("checkpoint*.pt"):
+        checkpoint.unlink()
+    plot = [
+        sys.executable,
+        str(REPO / "scripts" / "plot_attention.py"),
+        str(results),
+        "--task",
+        "nmt",
+        "--sentence",
+        sentence,
+        "--name",
+        "recorded",
+        "--runs-root",
+        "/",
+    ]
+    subprocess.run([*plot, "--seed", "2"], check=True)  # fmt: skip
+    assert (results / "figures" / "nmt_lstm_attn-tiny_recorded.png").is_file()
+    # Seed 1 recorded nothing and has no checkpoint left: a clear error, not a traceback.
+    missing = subprocess.run([*plot, "--seed", "1"], capture_output=True, text=True)
+    assert missing.returncode != 0
+    assert "no checkpoint for softmax" in missing.stderr and "task.eval.sentence" in missing.stderr
+
+
+@pytest.mark.parametrize(
+    ("task", "sentence", "message"),
+    [
+        ("snli", "a man .", "SNLI classifies sentence pairs"),
+        ("nmt", "  ", "give a tokenized source sentence"),
+    ],
+)
+def test_a_sentence_to_record_is_checked_before_training(
+    data_root, tmp_path, task, sentence, message
+):
+    cfg = make_config(data_root, tmp_path, f"task={task}", f"+task.eval.sentence='{sentence}'")
+    with pytest.raises(pipeline.PipelineError, match=message):
+        pipeline.train(cfg, run_dir_of(cfg), cpu=True)
+    assert not (run_dir_of(cfg) / "checkpoints").exists()
+
+
 def test_rerun_resumes_and_other_settings_are_refused(data_root, tmp_path):
     cfg = make_config(data_root, tmp_path, "task=snli")
     pipeline.train(cfg, run_dir_of(cfg), cpu=True)
