@@ -7,7 +7,9 @@ Reads every <results dir>/runs/**.json written by scripts/evaluate.py (or train.
 Runs are grouped into one table per task (and data variant), and within it by their
 full settings (the config without seed and output places): a cell never averages
 runs of different settings, and the commits each cell comes from are listed. Cells
-are mean ± standard deviation over seeds. Each mapping is compared with softmax of
+are mean ± standard deviation over seeds; when some settings of a table have several
+seeds, those with one (the selection probes) are listed in a table of their own
+below them. Each mapping is compared with softmax of
 the same settings on the same test examples: Δ is the mean over the seeds both have
 of the difference of the metric, p the two-sided paired bootstrap p-value (1000
 resamples of the test examples, each example's scores summed over those seeds;
@@ -86,7 +88,11 @@ def _settings(run, without_mapping=False):
     config = {k: v for k, v in run["config"].items() if k not in SEED_AND_PLACES}
     # The sentence whose attention a run records for a figure changes none of its results.
     task = config["task"]
-    config["task"] = {**task, "eval": {k: v for k, v in task["eval"].items() if k != "sentence"}}
+    if "sentence" in task.get("eval", {}):
+        config["task"] = {
+            **task,
+            "eval": {k: v for k, v in task["eval"].items() if k != "sentence"},
+        }
     if without_mapping:
         config.pop("mapping")
     return json.dumps(config, sort_keys=True)
@@ -181,8 +187,8 @@ def task_table(task, runs):
     if task == "snli":
         header.append("paper (unverified)")
     header += ["support", "fused runs", "zero share", "commits"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for key in order:
+
+    def row(key):
         group = sorted(groups[key], key=lambda run: run["seed"])
         cells = [key[0], key[1], str(len(group))]
         cells += [mean_std([run["metrics"][m] for run in group]) for m in metrics]
@@ -201,8 +207,26 @@ def task_table(task, runs):
         cells.append(mean_std([run["attention"]["mean_fused_runs"] for run in group]))
         cells.append(mean_std([run["attention"]["zero_share"] for run in group], digits=3))
         cells.append(", ".join(sorted({_commit(run) for run in group})))
-        lines.append("| " + " | ".join(cells) + " |")
-    return lines
+        return "| " + " | ".join(cells) + " |"
+
+    def table(keys):
+        return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *map(row, keys)]
+
+    seeded = [key for key in order if len(groups[key]) > 1]
+    single = [key for key in order if len(groups[key]) == 1]
+    if not seeded or not single:
+        return table(order)
+    # The settings compared over seeds first; the selection probes (and any setting
+    # whose other seeds are still to run) apart, so that a one-seed row is not read
+    # as a result of the same standing.
+    return [
+        *table(seeded),
+        "",
+        "Settings with one seed: the probes that chose the settings above (on the valid "
+        "column), and any setting whose other seeds are still to run.",
+        "",
+        *table(single),
+    ]
 
 
 def table_key(run):

@@ -33,7 +33,8 @@ def run_file(mapping, seed, correct, task="snli", commit="abc1234"):
 
 def write_runs(results, runs):
     for run in runs:
-        name = f"{run['task']}/{run['mapping']['name']}/{run['mapping'].get('lam', '')}"
+        mapping = run["mapping"]
+        name = f"{run['task']}/{mapping['name']}/{mapping.get('lam', '')}-{mapping['gamma']}"
         path = results / "runs" / name / f"seed{run['seed']}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(run))
@@ -109,6 +110,32 @@ def test_settings_and_commits_are_never_mixed_silently(results):
     ]
     assert len(softmax_rows) == 2
     assert any("def5678" in row and "| 1 |" in row for row in softmax_rows)
+
+
+def test_one_seed_settings_are_listed_apart_from_the_seeded_ones(results):
+    probe = run_file({"name": "sparsemax", "gamma": 4.0}, 1, np.ones(N, bool))
+    write_runs(results, [probe])
+    lines = make_tables.make_tables(results).splitlines()
+    probes = lines.index(next(line for line in lines if line.startswith("Settings with one seed")))
+    seeded = [line for line in lines[:probes] if line.startswith("| snli_attn")]
+    apart = [line for line in lines[probes:] if line.startswith("| snli_attn")]
+    assert len(seeded) == 3 and all("| 3 |" in line for line in seeded)
+    assert len(apart) == 1 and "sparsemax (gamma=4) | 1 |" in apart[0]
+    assert lines[probes + 2].startswith("| model | mapping | seeds |")  # a table of its own
+    # Without any seeded setting there is nothing to set apart: one table.
+    for path in (results / "runs").rglob("seed[23].json"):
+        path.unlink()
+    assert "Settings with one seed" not in make_tables.make_tables(results)
+
+
+def test_a_recorded_sentence_does_not_make_another_setting(results):
+    for path in (results / "runs").rglob("seed*.json"):
+        run = json.loads(path.read_text())
+        run["config"]["task"]["eval"] = {"beam": 5}
+        if run["seed"] == 2:
+            run["config"]["task"]["eval"]["sentence"] = "a man ."
+        path.write_text(json.dumps(run))
+    assert "| snli_attn (tiny) | softmax | 3 |" in make_tables.make_tables(results)
 
 
 def test_check_fails_on_a_stale_table_and_passes_after_regeneration(results):
