@@ -114,6 +114,14 @@ def test_paper_profile_trains_a_few_updates(data_root, tmp_path, task):
     assert cfg.task.optim.optimizer._name == optimizer, log[-500:]
 
 
+def plot_sentence_command(results, sentence, name):
+    """plot_attention.py on ``sentence`` through the nmt runs of ``results`` (run_dir is
+    repo-relative when the run is inside the repository, absolute otherwise)."""
+    script = str(REPO / "scripts" / "plot_attention.py")
+    return [sys.executable, script, str(results), "--task", "nmt", "--sentence", sentence,
+            "--name", name, "--runs-root", "/"]  # fmt: skip
+
+
 def test_tables_and_figures_from_run_files(data_root, tmp_path):
     for mapping in ("softmax", "fusedmax"):
         cfg = make_config(data_root, tmp_path, "task=nmt", f"mapping={mapping}")
@@ -125,30 +133,15 @@ def test_tables_and_figures_from_run_files(data_root, tmp_path):
     table = (results / "table.md").read_text()
     assert "| lstm_attn (tiny) | softmax | 1 |" in table and "fusedmax (lam=0.1)" in table
     assert list((results / "figures").glob("nmt_lstm_attn-tiny_example*.png"))
-    # A sentence of one's own, through the checkpoints (run_dir is repo-relative when
-    # the run is inside the repository, absolute otherwise).
+    # A sentence of one's own, through the checkpoints.
     sentence = "un homme regarde la mer ."
     example = evaluation.attend(run_dir_of(cfg), sentence)
     assert example["source"][:2] == ["un", "homme"] and example["source"][-1] == "</s>"
     assert len(example["attention"]) == len(example["target"])
     assert all(abs(sum(row) - 1) < 1e-5 for row in example["attention"])
-    command = [
-        sys.executable,
-        str(REPO / "scripts" / "plot_attention.py"),
-        str(results),
-        "--task",
-        "nmt",
-        "--sentence",
-        sentence,
-        "--name",
-        "mine",
-        "--runs-root",
-        "/",
-        "--mappings",  # the chosen panels, in this order
-        "fusedmax (lam=0.1)",
-        "softmax",
-    ]
-    subprocess.run(command, check=True)  # fmt: skip
+    command = plot_sentence_command(results, sentence, "mine")
+    command += ["--mappings", "fusedmax (lam=0.1)", "softmax"]  # these panels, in this order
+    subprocess.run(command, check=True)
     assert (results / "figures" / "nmt_lstm_attn-tiny_mine.png").is_file()
 
 
@@ -177,20 +170,8 @@ def test_a_recorded_sentence_draws_without_checkpoint(data_root, tmp_path):
     assert "| lstm_attn (tiny) | softmax | 2 |" in (results / "table.md").read_text()
     for checkpoint in (tmp_path / "runs").rglob("checkpoint*.pt"):
         checkpoint.unlink()
-    plot = [
-        sys.executable,
-        str(REPO / "scripts" / "plot_attention.py"),
-        str(results),
-        "--task",
-        "nmt",
-        "--sentence",
-        sentence,
-        "--name",
-        "recorded",
-        "--runs-root",
-        "/",
-    ]
-    subprocess.run([*plot, "--seed", "2"], check=True)  # fmt: skip
+    plot = plot_sentence_command(results, sentence, "recorded")
+    subprocess.run([*plot, "--seed", "2"], check=True)
     assert (results / "figures" / "nmt_lstm_attn-tiny_recorded.png").is_file()
     # Seed 1 recorded nothing and has no checkpoint left: a clear error, not a traceback.
     missing = subprocess.run([*plot, "--seed", "1"], capture_output=True, text=True)
