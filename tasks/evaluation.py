@@ -321,10 +321,13 @@ def result_path(cfg, run_dir):
 def evaluate_run(run_dir, cpu=True, extra=None):
     """Evaluate the best checkpoint of ``run_dir``; write and return its results."""
     run_dir = Path(run_dir)
+    start = time.perf_counter()
     cfg, models, task = _load(run_dir, cpu)
     evaluate = evaluate_classification if cfg.task.name == "snli" else evaluate_seq2seq
     evaluated = evaluate(cfg, models, task, cpu)
     evaluated["throughput"].update(extra or _throughput_from_log(run_dir))
+    evaluated["throughput"]["train_wall_s"] = training_seconds(run_dir)
+    evaluated["throughput"]["evaluate_wall_s"] = time.perf_counter() - start
     metrics = evaluated["metrics"]
     result = {
         "task": cfg.task.name,
@@ -354,6 +357,18 @@ def evaluate_run(run_dir, cpu=True, extra=None):
     summary = ", ".join(f"{k} {v:.2f}" for k, v in metrics.items() if isinstance(v, float))
     print(f"{cfg.task.name} {cfg.mapping.name} seed {cfg.seed}: {summary}; results in {path}")
     return result
+
+
+def training_seconds(run_dir):
+    """The wall-clock seconds a run trained, summed over its resumed parts (what fairseq
+    keeps in its last checkpoint; work lost to an interruption after it is not counted),
+    or None without that checkpoint."""
+    from fairseq.checkpoint_utils import load_checkpoint_to_cpu
+
+    last = Path(run_dir) / CHECKPOINTS / "checkpoint_last.pt"
+    if not last.is_file():
+        return None
+    return load_checkpoint_to_cpu(str(last))["extra_state"].get("previous_training_time")
 
 
 def _display_path(path):

@@ -92,6 +92,7 @@ def test_train_and_evaluate_every_task_and_mapping(data_root, tmp_path, task, ma
     if mapping == "softmax":
         assert attention["zero_share"] == 0
     assert saved["throughput"]["train_target_tokens_per_s"]
+    assert saved["throughput"]["train_wall_s"] > 0 and saved["throughput"]["evaluate_wall_s"] > 0
     assert saved["attention_examples"][0]["attention"]
     # What paired significance tests and model selection need.
     per_example = saved["per_example"]
@@ -223,11 +224,14 @@ def test_killed_training_resumes_from_its_last_checkpoint(data_root, tmp_path):
     assert last.exists(), "training never wrote its first checkpoint"
     log = (run_dir / "train.log").read_text()
     assert "done training" not in log, "the run finished before it could be killed"
+    trained_before = evaluation.training_seconds(run_dir)
     finished = subprocess.run(command, capture_output=True, text=True)
     assert finished.returncode == 0, finished.stderr[-2000:]
     log = (run_dir / "train.log").read_text()
     assert "Loaded checkpoint" in log and "done training" in log
     assert "epoch 040" in log
+    # The training time a result file records adds up the resumed parts.
+    assert evaluation.training_seconds(run_dir) > trained_before > 0
 
 
 @pytest.mark.parametrize(
