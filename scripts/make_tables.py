@@ -229,6 +229,20 @@ def task_table(task, runs):
     ]
 
 
+def time_line(runs):
+    """The wall-clock time the runs that record it (train_wall_s, evaluate_wall_s)
+    took, in all; runs from before that was recorded are counted apart."""
+    timed = [run for run in runs if run["throughput"].get("train_wall_s") is not None]
+    if not timed:
+        return []
+    train = sum(run["throughput"]["train_wall_s"] for run in timed) / 3600
+    evaluate = sum(run["throughput"].get("evaluate_wall_s") or 0 for run in timed) / 3600
+    return [
+        f"Time: {train:.1f} h training and {evaluate:.1f} h evaluating (wall clock, summed over "
+        f"the runs), for the {len(timed)} of these {len(runs)} runs that record it."
+    ]
+
+
 def table_key(run):
     """One table per task and data variant (configs/task/*.yaml ``variant``; for
     translation, the language pair)."""
@@ -283,6 +297,7 @@ def make_tables(results_dir):
         title = TITLES[task] + (f", {variant}" if variant else "")
         lines += ["", f"## {title}", ""]
         lines.append(f"Split: {', '.join(split)} ({', '.join(map(str, examples))} examples).")
+        lines += time_line(table_runs)
         data_notes = sorted({run["config"]["task"].get("data_note", "") for run in table_runs})
         lines += [f"Data: {note}" for note in data_notes if note]
         if task == "summarization":

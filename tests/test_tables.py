@@ -138,6 +138,17 @@ def test_a_recorded_sentence_does_not_make_another_setting(results):
     assert "| snli_attn (tiny) | softmax | 3 |" in make_tables.make_tables(results)
 
 
+def test_the_time_runs_took_is_summed_over_those_that_record_it(results):
+    assert "Time:" not in make_tables.make_tables(results)  # runs from before it was kept
+    for path in (results / "runs").rglob("seed[12].json"):
+        run = json.loads(path.read_text())
+        run["throughput"] = {"train_wall_s": 1800.0, "evaluate_wall_s": 360.0}
+        path.write_text(json.dumps(run))
+    text = make_tables.make_tables(results)
+    assert "Time: 3.0 h training and 0.6 h evaluating" in text
+    assert "for the 6 of these 9 runs that record it" in text
+
+
 def test_check_fails_on_a_stale_table_and_passes_after_regeneration(results):
     script = [sys.executable, str(REPO / "scripts" / "make_tables.py"), str(results)]
     subprocess.run(script, check=True, capture_output=True)
