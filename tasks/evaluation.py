@@ -213,7 +213,7 @@ def normalize_sentence(sentence):
 def _attend(cfg, models, task, sentence, cpu):
     from fairseq.dataclass.configs import GenerationConfig
 
-    text = normalize_sentence(sentence)
+    normalized = text = normalize_sentence(sentence)
     if cfg.task.vocab == "spm":
         import sentencepiece
 
@@ -235,7 +235,7 @@ def _attend(cfg, models, task, sentence, cpu):
         best = task.inference_step(generator, models, sample)[0][0]
     attention = best["attention"].float().cpu()[: len(tokens)].t()
     return {
-        "sentence": normalize_sentence(sentence),
+        "sentence": normalized,
         "source": [source_dict[t] for t in tokens],
         "target": [target_dict[t] for t in best["tokens"]],
         "attention": attention.tolist(),
