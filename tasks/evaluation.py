@@ -114,9 +114,7 @@ def evaluate_seq2seq(cfg, models, task, cpu):
     """Beam search on the evaluation split (metrics, attention, per-example scores) and,
     when that split is not the validation split, on the validation split too: its
     metric is what hyperparameters are chosen by, never the test metric."""
-    from fairseq.dataclass.configs import GenerationConfig
-
-    generator = task.build_generator(models, GenerationConfig(beam=cfg.task.eval.beam))
+    generator = _beam_generator(cfg, models, task)
     split, metric = cfg.task.eval.split, cfg.task.eval.metric
     start = time.perf_counter()
     ids, hypotheses, weights, examples = _decode(cfg, task, generator, models, split, cpu)
@@ -136,7 +134,7 @@ def evaluate_seq2seq(cfg, models, task, cpu):
     # checkpoint: the paper's examples, say.
     sentence = cfg.task.eval.get("sentence")
     if sentence:
-        result["sentence_attention"] = _attend(cfg, models, task, sentence, cpu)
+        result["sentence_attention"] = _attend(task, generator, models, cfg, sentence, cpu)
     if split != "valid":
         valid_ids, valid_hypotheses, _, _ = _decode(cfg, task, generator, models, "valid", cpu)
         valid_references = _references(cfg, task, "valid", valid_ids)
@@ -147,14 +145,19 @@ def evaluate_seq2seq(cfg, models, task, cpu):
 def decode_throughput(run_dir, split="valid", cpu=True):
     """Sentences per second at which a trained seq2seq run decodes ``split`` (beam
     search with its beam, as in its evaluation), for timing comparisons."""
-    from fairseq.dataclass.configs import GenerationConfig
-
     cfg, models, task = _load(run_dir, cpu)
-    generator = task.build_generator(models, GenerationConfig(beam=cfg.task.eval.beam))
+    generator = _beam_generator(cfg, models, task)
     task.load_dataset(split)  # outside the timing
     start = time.perf_counter()
     ids, _, _, _ = _decode(cfg, task, generator, models, split, cpu)
     return len(ids) / (time.perf_counter() - start)
+
+
+def _beam_generator(cfg, models, task):
+    """Beam search with the run's evaluation beam, as every decoding here uses."""
+    from fairseq.dataclass.configs import GenerationConfig
+
+    return task.build_generator(models, GenerationConfig(beam=cfg.task.eval.beam))
 
 
 def _references(cfg, task, split, ids):
@@ -202,7 +205,7 @@ def attend(run_dir, sentence, cpu=True):
     cfg, models, task = _load(Path(run_dir), cpu)
     if cfg.task.name == "snli":
         raise PipelineError(f"{run_dir} is an SNLI run: attend() needs a seq2seq run")
-    return _attend(cfg, models, task, sentence, cpu)
+    return _attend(task, _beam_generator(cfg, models, task), models, cfg, sentence, cpu)
 
 
 def normalize_sentence(sentence):
@@ -210,9 +213,7 @@ def normalize_sentence(sentence):
     return " ".join(sentence.lower().split())
 
 
-def _attend(cfg, models, task, sentence, cpu):
-    from fairseq.dataclass.configs import GenerationConfig
-
+def _attend(task, generator, models, cfg, sentence, cpu):
     normalized = text = normalize_sentence(sentence)
     if cfg.task.vocab == "spm":
         import sentencepiece
@@ -230,7 +231,6 @@ def _attend(cfg, models, task, sentence, cpu):
         },
     }
     sample = _to_device(sample, cpu)
-    generator = task.build_generator(models, GenerationConfig(beam=cfg.task.eval.beam))
     with torch.no_grad():
         best = task.inference_step(generator, models, sample)[0][0]
     attention = best["attention"].float().cpu()[: len(tokens)].t()
