@@ -295,11 +295,7 @@ def _tv_prox_near_top(y, n, lam, z, seg, work, knots, bounds, group_val, group_s
         hi = i
         while hi < n - 1 and abs(y[hi + 1] - y[hi]) <= jump:
             hi += 1
-        if lo > done:  # the run of cold positions before the block
-            for j in range(done, lo):
-                z[j] = -np.inf
-                seg[j] = nseg
-            nseg += 1
+        nseg = _fill_cold(z, seg, done, lo, nseg)  # the cold run before the block
         left = 0.0  # the end values move by lam towards the certain jumps
         if lo > 0:
             left = lam if y[lo] < y[lo - 1] else -lam
@@ -345,12 +341,20 @@ def _tv_prox_near_top(y, n, lam, z, seg, work, knots, bounds, group_val, group_s
                 group_size[groups - 1] += 1.0
         done = hi + 1
         i = done
-    if done < n:
-        for j in range(done, n):
-            z[j] = -np.inf
-            seg[j] = nseg
-        nseg += 1
+    nseg = _fill_cold(z, seg, done, n, nseg)
     return nseg, groups
+
+
+@_jit
+def _fill_cold(z, seg, start, stop, nseg):
+    """Positions [start, stop) get z = -inf and one segment number, ``nseg``, if there
+    are any; returns the next segment number."""
+    if start >= stop:
+        return nseg
+    for j in range(start, stop):
+        z[j] = -np.inf
+        seg[j] = nseg
+    return nseg + 1
 
 
 @_jit
