@@ -14,6 +14,7 @@ the CPU kernels with one warning when those cannot run; softmax is PyTorch's on
 every device.
 """
 
+import inspect
 import math
 import numbers
 import os
@@ -464,6 +465,47 @@ def _traceable_softmax(z, dim, mask):
     return y.where(live, 0.0)
 
 
+# The parameters every mapping shares, documented once (numpydoc sections, indented
+# as in the docstrings they go into).
+_DOC_SECTIONS = {
+    "scores_dim_gamma": """scores : torch.Tensor
+        Floating-point scores of any shape; ``-inf`` marks a position that does not
+        take part.
+    dim : int, default -1
+        The dimension the distributions run along.
+    gamma : float or torch.Tensor, default 1.0
+        Temperature, > 0: the map is applied to ``scores / gamma``. A tensor gives one
+        value per distribution (broadcastable to the scores' shape without ``dim``)
+        and receives a gradient.""",
+    "lam": """lam : float or torch.Tensor, default {default}
+        Strength of the penalty, >= 0 (0 is sparsemax); it acts after the division
+        by ``gamma``. A tensor gives one value per distribution and receives a
+        gradient.""",
+    "mask_returns": """mask : torch.Tensor of bool, optional
+        Broadcastable to ``scores``; True where a position takes part. Masked
+        positions get exactly 0 and no gradient.
+
+    Returns
+    -------
+    torch.Tensor
+        The distributions, of the scores' shape and dtype: non-negative, summing to 1
+        along ``dim`` (0 on a row where no position takes part).""",
+}
+
+
+def _shared_doc_sections(function):
+    """Puts the shared sections in place of their names, {scores_dim_gamma} and so
+    on, in ``function``'s docstring (not str.format: the docstrings hold formulas
+    with braces); lam's default is read from its signature."""
+    lam = inspect.signature(function).parameters.get("lam")
+    for name, section in _DOC_SECTIONS.items():
+        if lam is not None:
+            section = section.replace("{default}", str(lam.default))
+        function.__doc__ = function.__doc__.replace("{" + name + "}", section)
+    return function
+
+
+@_shared_doc_sections
 def softmax(scores, dim=-1, *, gamma=1.0, mask=None):
     """softmax(scores / gamma): Omega is the negative entropy.
 
@@ -472,24 +514,8 @@ def softmax(scores, dim=-1, *, gamma=1.0, mask=None):
 
     Parameters
     ----------
-    scores : torch.Tensor
-        Floating-point scores of any shape; ``-inf`` marks a position that does not
-        take part.
-    dim : int, default -1
-        The dimension the distributions run along.
-    gamma : float or torch.Tensor, default 1.0
-        Temperature, > 0: the map is applied to ``scores / gamma``. A tensor gives one
-        value per distribution (broadcastable to the scores' shape without ``dim``)
-        and receives a gradient.
-    mask : torch.Tensor of bool, optional
-        Broadcastable to ``scores``; True where a position takes part. Masked
-        positions get exactly 0 and no gradient.
-
-    Returns
-    -------
-    torch.Tensor
-        The distributions, of the scores' shape and dtype: non-negative, summing to 1
-        along ``dim`` (0 on a row where no position takes part).
+    {scores_dim_gamma}
+    {mask_returns}
     """
     dim = _check_scores(scores, dim)
     gamma = check_gamma(gamma)
@@ -513,34 +539,20 @@ def softmax(scores, dim=-1, *, gamma=1.0, mask=None):
     return _SafeSoftmax.apply(z, dim).to(scores.dtype)
 
 
+@_shared_doc_sections
 def sparsemax(scores, dim=-1, *, gamma=1.0, mask=None):
     """Euclidean projection of scores / gamma onto the simplex (Martins & Astudillo,
     2016): Omega(y) = 1/2 ||y||^2.
 
     Parameters
     ----------
-    scores : torch.Tensor
-        Floating-point scores of any shape; ``-inf`` marks a position that does not
-        take part.
-    dim : int, default -1
-        The dimension the distributions run along.
-    gamma : float or torch.Tensor, default 1.0
-        Temperature, > 0: the map is applied to ``scores / gamma``. A tensor gives one
-        value per distribution (broadcastable to the scores' shape without ``dim``)
-        and receives a gradient.
-    mask : torch.Tensor of bool, optional
-        Broadcastable to ``scores``; True where a position takes part. Masked
-        positions get exactly 0 and no gradient.
-
-    Returns
-    -------
-    torch.Tensor
-        The distributions, of the scores' shape and dtype: non-negative, summing to 1
-        along ``dim`` (0 on a row where no position takes part).
+    {scores_dim_gamma}
+    {mask_returns}
     """
     return _compiled(scores, dim, mask, gamma, _cpu.SPARSEMAX)
 
 
+@_shared_doc_sections
 def fusedmax(scores, dim=-1, *, gamma=1.0, lam=0.1, mask=None):
     """Sparsemax with a total-variation penalty, lam * sum_i |y_{i+1} - y_i|: it
     gives equal weight to contiguous runs of positions (fused groups).
@@ -550,28 +562,9 @@ def fusedmax(scores, dim=-1, *, gamma=1.0, lam=0.1, mask=None):
 
     Parameters
     ----------
-    scores : torch.Tensor
-        Floating-point scores of any shape; ``-inf`` marks a position that does not
-        take part.
-    dim : int, default -1
-        The dimension the distributions run along.
-    gamma : float or torch.Tensor, default 1.0
-        Temperature, > 0: the map is applied to ``scores / gamma``. A tensor gives one
-        value per distribution (broadcastable to the scores' shape without ``dim``)
-        and receives a gradient.
-    lam : float or torch.Tensor, default 0.1
-        Strength of the penalty, >= 0 (0 is sparsemax); it acts after the division
-        by ``gamma``. A tensor gives one value per distribution and receives a
-        gradient.
-    mask : torch.Tensor of bool, optional
-        Broadcastable to ``scores``; True where a position takes part. Masked
-        positions get exactly 0 and no gradient.
-
-    Returns
-    -------
-    torch.Tensor
-        The distributions, of the scores' shape and dtype: non-negative, summing to 1
-        along ``dim`` (0 on a row where no position takes part).
+    {scores_dim_gamma}
+    {lam}
+    {mask_returns}
     """
     lam = check_lam(lam)
     if not isinstance(lam, torch.Tensor) and lam == 0.0:
@@ -579,6 +572,7 @@ def fusedmax(scores, dim=-1, *, gamma=1.0, lam=0.1, mask=None):
     return _compiled(scores, dim, mask, gamma, _cpu.FUSEDMAX, lam)
 
 
+@_shared_doc_sections
 def oscarmax(scores, dim=-1, *, gamma=1.0, lam=0.01, mask=None):
     """Sparsemax with the OSCAR penalty, lam * sum_{i<j} max(|y_i|, |y_j|): it gives
     equal weight to groups of positions that need not be contiguous.
@@ -589,28 +583,9 @@ def oscarmax(scores, dim=-1, *, gamma=1.0, lam=0.01, mask=None):
 
     Parameters
     ----------
-    scores : torch.Tensor
-        Floating-point scores of any shape; ``-inf`` marks a position that does not
-        take part.
-    dim : int, default -1
-        The dimension the distributions run along.
-    gamma : float or torch.Tensor, default 1.0
-        Temperature, > 0: the map is applied to ``scores / gamma``. A tensor gives one
-        value per distribution (broadcastable to the scores' shape without ``dim``)
-        and receives a gradient.
-    lam : float or torch.Tensor, default 0.01
-        Strength of the penalty, >= 0 (0 is sparsemax); it acts after the division
-        by ``gamma``. A tensor gives one value per distribution and receives a
-        gradient.
-    mask : torch.Tensor of bool, optional
-        Broadcastable to ``scores``; True where a position takes part. Masked
-        positions get exactly 0 and no gradient.
-
-    Returns
-    -------
-    torch.Tensor
-        The distributions, of the scores' shape and dtype: non-negative, summing to 1
-        along ``dim`` (0 on a row where no position takes part).
+    {scores_dim_gamma}
+    {lam}
+    {mask_returns}
     """
     lam = check_lam(lam)
     if not isinstance(lam, torch.Tensor) and lam == 0.0:
@@ -618,31 +593,16 @@ def oscarmax(scores, dim=-1, *, gamma=1.0, lam=0.01, mask=None):
     return _compiled(scores, dim, mask, gamma, _cpu.OSCARMAX, lam)
 
 
+@_shared_doc_sections
 def sq_pnorm_max(scores, dim=-1, *, gamma=1.0, p=1.5, mask=None):
     """Omega(y) = 1/2 ||y||_p^2 with p in (1, 2]; p = 2 is sparsemax.
 
     Parameters
     ----------
-    scores : torch.Tensor
-        Floating-point scores of any shape; ``-inf`` marks a position that does not
-        take part.
-    dim : int, default -1
-        The dimension the distributions run along.
-    gamma : float or torch.Tensor, default 1.0
-        Temperature, > 0: the map is applied to ``scores / gamma``. A tensor gives one
-        value per distribution (broadcastable to the scores' shape without ``dim``)
-        and receives a gradient.
+    {scores_dim_gamma}
     p : float, default 1.5
         The norm's exponent, in (1, 2].
-    mask : torch.Tensor of bool, optional
-        Broadcastable to ``scores``; True where a position takes part. Masked
-        positions get exactly 0 and no gradient.
-
-    Returns
-    -------
-    torch.Tensor
-        The distributions, of the scores' shape and dtype: non-negative, summing to 1
-        along ``dim`` (0 on a row where no position takes part).
+    {mask_returns}
     """
     p = check_p(p)
     if p == 2.0:
@@ -650,29 +610,14 @@ def sq_pnorm_max(scores, dim=-1, *, gamma=1.0, p=1.5, mask=None):
     return _compiled(scores, dim, mask, gamma, _cpu.SQ_PNORM_MAX, p)
 
 
+@_shared_doc_sections
 def entmax15(scores, dim=-1, *, gamma=1.0, mask=None):
     """1.5-entmax of scores / gamma (Peters et al., 2019): Omega is the Tsallis
     1.5-entropy. Sparse like sparsemax, smoother like softmax.
 
     Parameters
     ----------
-    scores : torch.Tensor
-        Floating-point scores of any shape; ``-inf`` marks a position that does not
-        take part.
-    dim : int, default -1
-        The dimension the distributions run along.
-    gamma : float or torch.Tensor, default 1.0
-        Temperature, > 0: the map is applied to ``scores / gamma``. A tensor gives one
-        value per distribution (broadcastable to the scores' shape without ``dim``)
-        and receives a gradient.
-    mask : torch.Tensor of bool, optional
-        Broadcastable to ``scores``; True where a position takes part. Masked
-        positions get exactly 0 and no gradient.
-
-    Returns
-    -------
-    torch.Tensor
-        The distributions, of the scores' shape and dtype: non-negative, summing to 1
-        along ``dim`` (0 on a row where no position takes part).
+    {scores_dim_gamma}
+    {mask_returns}
     """
     return _compiled(scores, dim, mask, gamma, _cpu.ENTMAX15)
