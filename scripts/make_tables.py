@@ -231,16 +231,23 @@ def task_table(task, runs):
 
 def time_line(runs):
     """The wall-clock time the runs that record it (train_wall_s, evaluate_wall_s)
-    took, in all; runs from before that was recorded are counted apart."""
+    took, in all, and how many of the runs that is (older runs did not record it)."""
     timed = [run for run in runs if run["throughput"].get("train_wall_s") is not None]
     if not timed:
         return []
-    train = sum(run["throughput"]["train_wall_s"] for run in timed) / 3600
-    evaluate = sum(run["throughput"].get("evaluate_wall_s") or 0 for run in timed) / 3600
+    train = sum(run["throughput"]["train_wall_s"] for run in timed)
+    evaluate = sum(run["throughput"].get("evaluate_wall_s") or 0 for run in timed)
     return [
-        f"Time: {train:.1f} h training and {evaluate:.1f} h evaluating (wall clock, summed over "
-        f"the runs), for the {len(timed)} of these {len(runs)} runs that record it."
+        f"Time: {duration(train)} training and {duration(evaluate)} evaluating (wall clock, "
+        f"summed over the runs), for the {len(timed)} of these {len(runs)} runs that record it."
     ]
+
+
+def duration(seconds):
+    """Hours to one decimal, or whole minutes under an hour: "2.5 h", "42 min"."""
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def table_key(run):

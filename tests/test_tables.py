@@ -145,7 +145,7 @@ def test_the_time_runs_took_is_summed_over_those_that_record_it(results):
         run["throughput"] = {"train_wall_s": 1800.0, "evaluate_wall_s": 360.0}
         path.write_text(json.dumps(run))
     text = make_tables.make_tables(results)
-    assert "Time: 3.0 h training and 0.6 h evaluating" in text
+    assert "Time: 3.0 h training and 36 min evaluating" in text
     assert "for the 6 of these 9 runs that record it" in text
 
 
