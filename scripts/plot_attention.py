@@ -71,14 +71,15 @@ def plot_example(panels, path, caption=None):
 
 
 def choose_runs(results_dir, seed=None, task=None):
-    """(task, arch, model) -> mapping label -> run of that seed (default: the lowest)."""
+    """(task, arch, model) -> mapping label -> run of that seed (default: the lowest).
+    The task is named with its recipe's run suffix (task.run_suffix), as the figures
+    are: a data variant or recipe gets figures of its own; ``task`` picks one."""
     chosen = defaultdict(dict)
     for run in load_runs(results_dir):
-        if (seed is not None and run["seed"] != seed) or (task and run["task"] != task):
+        task_name = run["task"] + run["config"]["task"].get("run_suffix", "")
+        if (seed is not None and run["seed"] != seed) or (task and task_name != task):
             continue
         label = mapping_label(run["mapping"])
-        # A data variant or recipe (task.run_suffix) gets figures of its own.
-        task_name = run["task"] + run["config"]["task"].get("run_suffix", "")
         key = (task_name, run["arch"], run["model"])
         current = chosen[key].get(label)
         if current is None or run["seed"] < current["seed"]:
@@ -138,8 +139,14 @@ def plot_sentence(
 ):
     """One figure per model of ``task``: every mapping's attention on ``sentence``
     (or that of ``mappings``, in their order)."""
+    chosen = choose_runs(results_dir, seed, task)
+    if not chosen:
+        names = sorted({name for name, _, _ in choose_runs(results_dir, seed)})
+        sys.exit(f"error: --task {task!r}: no runs{'' if seed is None else f' of seed {seed}'}; "
+                 f"the tasks there are {', '.join(names) or 'none'} (with their recipes' "
+                 "run suffixes, as in the figure names)")  # fmt: skip
     written = []
-    for (task_name, arch, model), by_label in sorted(choose_runs(results_dir, seed, task).items()):
+    for (task_name, arch, model), by_label in sorted(chosen.items()):
         panels = []
         for label in panel_labels(by_label, mappings):
             run = by_label[label]
@@ -156,7 +163,11 @@ def main():
     parser.add_argument("results_dir", type=Path)
     parser.add_argument("--seed", type=int, help="plot this seed (default: the lowest)")
     parser.add_argument("--sentence", help="a tokenized source sentence to translate")
-    parser.add_argument("--task", help="with --sentence: the task whose runs translate it")
+    parser.add_argument(
+        "--task",
+        help="with --sentence: the task whose runs translate it, with its recipe's run "
+        "suffix if it has one, as in the figure names (nmt, nmt_de-en_drop0.3-patience3)",
+    )
     parser.add_argument("--name", default="sentence", help="with --sentence: figure name")
     parser.add_argument("--caption", help="with --sentence: a caption for the figure")
     parser.add_argument(
@@ -171,7 +182,7 @@ def main():
     args = parser.parse_args()
     if args.sentence:
         if not args.task:
-            parser.error("--sentence needs --task (nmt or summarization)")
+            parser.error("--sentence needs --task (nmt, summarization, or one with a suffix)")
         written = plot_sentence(args.results_dir, args.task, args.sentence, args.name,
                                 args.runs_root, args.seed, args.caption, args.mappings)  # fmt: skip
     else:

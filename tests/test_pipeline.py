@@ -178,6 +178,20 @@ def test_a_recorded_sentence_draws_without_checkpoint(data_root, tmp_path):
     missing = subprocess.run([*plot, "--seed", "1"], capture_output=True, text=True)
     assert missing.returncode != 0
     assert "no checkpoint for softmax" in missing.stderr and "task.eval.sentence" in missing.stderr
+    # --task names one recipe (run suffix included): another recipe's runs, which did
+    # not record the sentence, are not drawn, nor needed.
+    other = json.loads(evaluation.result_path(recording, run_dir_of(recording)).read_text())
+    other["config"]["task"]["run_suffix"] = "_de-en"
+    del other["sentence_attention"]
+    (results / "runs" / "other_recipe.json").write_text(json.dumps(other))
+    (results / "figures" / "nmt_lstm_attn-tiny_recorded.png").unlink()
+    subprocess.run([*plot, "--seed", "2"], check=True)
+    assert [path.name for path in (results / "figures").glob("*recorded.png")] == [
+        "nmt_lstm_attn-tiny_recorded.png"
+    ]
+    unknown = subprocess.run([*plot, "--seed", "2", "--task", "nmt_fr-en"], capture_output=True,
+                             text=True)  # fmt: skip
+    assert unknown.returncode != 0 and "the tasks there are nmt, nmt_de-en" in unknown.stderr
 
 
 @pytest.mark.parametrize(
