@@ -3,6 +3,7 @@ per mapping (the paper's figures 2 and 3, from our own runs). Every nonzero weig
 is written in its cell, so groups of equal weights (fusedmax, oscarmax) show.
 
     python scripts/plot_attention.py results/quick    # writes results/quick/figures/*.png
+    python scripts/plot_attention.py results/reduced --task nmt   # one task (fr->en)
 
     # a sentence of your own, through the trained checkpoints of a task's runs:
     python scripts/plot_attention.py results/reduced --task nmt --name fr-en_paper \
@@ -101,8 +102,20 @@ def panel_labels(by_label, mappings=None):
     return list(mappings)
 
 
-def plot_runs(results_dir, seed=None, mappings=None):
-    chosen = choose_runs(results_dir, seed)
+def chosen_runs_of_task(results_dir, seed, task):
+    """choose_runs for ``task`` (None: every task); exits with the task names there
+    when it has no runs."""
+    chosen = choose_runs(results_dir, seed, task)
+    if task and not chosen:
+        names = sorted({name for name, _, _ in choose_runs(results_dir, seed)})
+        sys.exit(f"error: --task {task!r}: no runs{'' if seed is None else f' of seed {seed}'}; "
+                 f"the tasks there are {', '.join(names) or 'none'} (with their recipes' "
+                 "run suffixes, as in the figure names)")  # fmt: skip
+    return chosen
+
+
+def plot_runs(results_dir, seed=None, mappings=None, task=None):
+    chosen = chosen_runs_of_task(results_dir, seed, task)
     written = []
     for (task, arch, model), by_label in sorted(chosen.items()):
         if mappings and not set(mappings) <= set(by_label):
@@ -139,12 +152,7 @@ def plot_sentence(
 ):
     """One figure per model of ``task``: every mapping's attention on ``sentence``
     (or that of ``mappings``, in their order)."""
-    chosen = choose_runs(results_dir, seed, task)
-    if not chosen:
-        names = sorted({name for name, _, _ in choose_runs(results_dir, seed)})
-        sys.exit(f"error: --task {task!r}: no runs{'' if seed is None else f' of seed {seed}'}; "
-                 f"the tasks there are {', '.join(names) or 'none'} (with their recipes' "
-                 "run suffixes, as in the figure names)")  # fmt: skip
+    chosen = chosen_runs_of_task(results_dir, seed, task)
     written = []
     for (task_name, arch, model), by_label in sorted(chosen.items()):
         panels = []
@@ -165,8 +173,9 @@ def main():
     parser.add_argument("--sentence", help="a tokenized source sentence to translate")
     parser.add_argument(
         "--task",
-        help="with --sentence: the task whose runs translate it, with its recipe's run "
-        "suffix if it has one, as in the figure names (nmt, nmt_de-en_drop0.3-patience3)",
+        help="the task to draw, with its recipe's run suffix if it has one, as in the "
+        "figure names (nmt, nmt_de-en_drop0.3-patience3); needed with --sentence, whose "
+        "task's runs translate it; without, every task",
     )
     parser.add_argument("--name", default="sentence", help="with --sentence: figure name")
     parser.add_argument("--caption", help="with --sentence: a caption for the figure")
@@ -186,7 +195,7 @@ def main():
         written = plot_sentence(args.results_dir, args.task, args.sentence, args.name,
                                 args.runs_root, args.seed, args.caption, args.mappings)  # fmt: skip
     else:
-        written = plot_runs(args.results_dir, args.seed, args.mappings)
+        written = plot_runs(args.results_dir, args.seed, args.mappings, args.task)
     for path in written:
         print(f"wrote {path}")
 

@@ -167,6 +167,18 @@ def test_missing_suite_runs_are_named(results):
     assert f"- `task=snli profile=reduced results_dir={results} mapping=entmax15 seed=2`" in text
 
 
+def test_plot_attention_task_names_one_recipe(results):
+    recipe = run_file({"name": "softmax", "gamma": 1.0}, 1, np.ones(N, dtype=bool))
+    recipe["config"]["task"]["run_suffix"] = "_more-data"
+    (results / "runs" / "recipe.json").write_text(json.dumps(recipe))
+    assert sorted(key[0] for key in plot_attention.choose_runs(results)) == [
+        "snli", "snli_more-data"
+    ]  # fmt: skip
+    assert list(plot_attention.choose_runs(results, task="snli")) == [("snli", "snli_attn", "tiny")]
+    with pytest.raises(SystemExit, match="'snli_other': no runs; the tasks there are snli, snli_m"):
+        plot_attention.plot_runs(results, task="snli_other")
+
+
 def test_plot_attention_panels_follow_the_paper_or_the_chosen_mappings():
     by_label = {"fusedmax (lam=0.1)": 1, "sparsemax (gamma=3)": 2, "softmax": 3, "sparsemax": 4}
     assert plot_attention.panel_labels(by_label) == [
