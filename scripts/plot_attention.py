@@ -74,17 +74,26 @@ def plot_example(panels, path, caption=None):
 def choose_runs(results_dir, seed=None, task=None):
     """(task, arch, model) -> mapping label -> run of that seed (default: the lowest).
     The task is named with its recipe's run suffix (task.run_suffix), as the figures
-    are: a data variant or recipe gets figures of its own; ``task`` picks one."""
+    are: a data variant or recipe gets figures of its own; ``task`` picks one (exits
+    with the task names there when it has no runs)."""
     chosen = defaultdict(dict)
+    task_names = set()
     for run in load_runs(results_dir):
         task_name = run["task"] + run["config"]["task"].get("run_suffix", "")
-        if (seed is not None and run["seed"] != seed) or (task and task_name != task):
+        if seed is not None and run["seed"] != seed:
+            continue
+        task_names.add(task_name)
+        if task and task_name != task:
             continue
         label = mapping_label(run["mapping"])
         key = (task_name, run["arch"], run["model"])
         current = chosen[key].get(label)
         if current is None or run["seed"] < current["seed"]:
             chosen[key][label] = run
+    if task and not chosen:
+        sys.exit(f"error: --task {task!r}: no runs{'' if seed is None else f' of seed {seed}'}; "
+                 f"the tasks there are {', '.join(sorted(task_names)) or 'none'} (with their "
+                 "recipes' run suffixes, as in the figure names)")  # fmt: skip
     return chosen
 
 
@@ -102,20 +111,8 @@ def panel_labels(by_label, mappings=None):
     return list(mappings)
 
 
-def chosen_runs_of_task(results_dir, seed, task):
-    """choose_runs for ``task`` (None: every task); exits with the task names there
-    when it has no runs."""
-    chosen = choose_runs(results_dir, seed, task)
-    if task and not chosen:
-        names = sorted({name for name, _, _ in choose_runs(results_dir, seed)})
-        sys.exit(f"error: --task {task!r}: no runs{'' if seed is None else f' of seed {seed}'}; "
-                 f"the tasks there are {', '.join(names) or 'none'} (with their recipes' "
-                 "run suffixes, as in the figure names)")  # fmt: skip
-    return chosen
-
-
 def plot_runs(results_dir, seed=None, mappings=None, task=None):
-    chosen = chosen_runs_of_task(results_dir, seed, task)
+    chosen = choose_runs(results_dir, seed, task)
     written = []
     for (task, arch, model), by_label in sorted(chosen.items()):
         if mappings and not set(mappings) <= set(by_label):
@@ -152,7 +149,7 @@ def plot_sentence(
 ):
     """One figure per model of ``task``: every mapping's attention on ``sentence``
     (or that of ``mappings``, in their order)."""
-    chosen = chosen_runs_of_task(results_dir, seed, task)
+    chosen = choose_runs(results_dir, seed, task)
     written = []
     for (task_name, arch, model), by_label in sorted(chosen.items()):
         panels = []

@@ -134,7 +134,7 @@ def evaluate_seq2seq(cfg, models, task, cpu):
     # checkpoint: the paper's examples, say.
     sentence = cfg.task.eval.get("sentence")
     if sentence:
-        result["sentence_attention"] = _attend(task, generator, models, cfg, sentence, cpu)
+        result["sentence_attention"] = _attend(cfg, task, generator, models, sentence, cpu)
     if split != "valid":
         valid_ids, valid_hypotheses, _, _ = _decode(cfg, task, generator, models, "valid", cpu)
         valid_references = _references(cfg, task, "valid", valid_ids)
@@ -205,7 +205,7 @@ def attend(run_dir, sentence, cpu=True):
     cfg, models, task = _load(Path(run_dir), cpu)
     if cfg.task.name == "snli":
         raise PipelineError(f"{run_dir} is an SNLI run: attend() needs a seq2seq run")
-    return _attend(task, _beam_generator(cfg, models, task), models, cfg, sentence, cpu)
+    return _attend(cfg, task, _beam_generator(cfg, models, task), models, sentence, cpu)
 
 
 def normalize_sentence(sentence):
@@ -213,7 +213,7 @@ def normalize_sentence(sentence):
     return " ".join(sentence.lower().split())
 
 
-def _attend(task, generator, models, cfg, sentence, cpu):
+def _attend(cfg, task, generator, models, sentence, cpu):
     normalized = text = normalize_sentence(sentence)
     if cfg.task.vocab == "spm":
         import sentencepiece
