@@ -4,6 +4,8 @@ each attention layer reproduces fairseq's own."""
 
 import argparse
 import dataclasses
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -463,3 +465,18 @@ def test_unknown_mapping_flag_is_rejected(capsys):
     with pytest.raises(SystemExit):
         parse_train_args("--arch", "lstm_attn_tiny", "--attention-mapping", "softermax")
     assert "invalid choice: 'softermax'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("asked, expected", [(None, "INFO"), ("DEBUG", "DEBUG")])
+def test_importing_tasks_leaves_the_root_logger_at_info(asked, expected):
+    """fairseq's models set the root logger to DEBUG on import (then every library's
+    debug messages, numba's compiler passes among them, reach stderr); importing the
+    user dir restores INFO, unless DEBUG was asked for before."""
+    setup = f"logging.basicConfig(level=logging.{asked}); " if asked else ""
+    level = "print(logging.getLevelName(logging.getLogger().level))"
+    code = f"import logging; {setup}import tasks; {level}"
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=USER_DIR.parent, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[-1] == expected
