@@ -7,8 +7,11 @@ dir (models, tasks, criterions) with fairseq.
 
 import json
 import logging
+import os
 import re
+import shutil
 from pathlib import Path
+from unittest import mock
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -242,10 +245,22 @@ class ThroughputLog(logging.Handler):
             self.words_per_second.append(float(match.group(1)))
 
 
+def atomic_copy(src_path, dst_path, overwrite=False):
+    """fairseq saves a checkpoint once and copies it to its other names
+    (checkpoint_best.pt to checkpoint_last.pt) with a plain copy: a run killed during
+    the copy would leave a truncated checkpoint_last.pt that no resume can load. Copy
+    to a temporary name and rename, as fairseq's own save does."""
+    partial = f"{dst_path}.tmp"
+    shutil.copyfile(src_path, partial)
+    os.replace(partial, dst_path)
+    return True
+
+
 def train(cfg, run_dir, cpu):
     """Train (or resume) the run of ``cfg`` in ``run_dir``; returns its throughput.
     (Under scripts/train.py, Hydra logs everything to ``run_dir``/train.log.)"""
     from fairseq import distributed_utils
+    from fairseq.file_io import PathManager
     from fairseq_cli import train as fairseq_train
 
     warm_up(cfg.mapping)
@@ -262,7 +277,8 @@ def train(cfg, run_dir, cpu):
     epoch_stats.setLevel(logging.INFO)
     epoch_stats.addHandler(throughput)
     try:
-        distributed_utils.call_main(fs_cfg, fairseq_train.main)
+        with mock.patch.object(PathManager, "copy", staticmethod(atomic_copy)):
+            distributed_utils.call_main(fs_cfg, fairseq_train.main)
     finally:
         epoch_stats.removeHandler(throughput)
         epoch_stats.setLevel(level)

@@ -5,6 +5,7 @@ killed run; configuration errors."""
 import gzip
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -246,6 +247,26 @@ def test_killed_training_resumes_from_its_last_checkpoint(data_root, tmp_path):
     assert "epoch 040" in log
     # The training time a result file records adds up the resumed parts.
     assert evaluation.training_seconds(run_dir) > trained_before > 0
+
+
+def test_a_checkpoint_copy_killed_midway_leaves_the_old_file_whole(tmp_path, monkeypatch):
+    """fairseq copies checkpoint_best.pt to checkpoint_last.pt; training makes the
+    copy atomic, so a kill during it leaves the previous checkpoint_last.pt."""
+    best, last = tmp_path / "checkpoint_best.pt", tmp_path / "checkpoint_last.pt"
+    best.write_bytes(b"new state " * 100)
+    last.write_bytes(b"old state")
+
+    def killed_midway(source, target):
+        Path(target).write_bytes(Path(source).read_bytes()[:10])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(shutil, "copyfile", killed_midway)
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.atomic_copy(str(best), str(last))
+    assert last.read_bytes() == b"old state"
+    monkeypatch.undo()
+    assert pipeline.atomic_copy(str(best), str(last))
+    assert last.read_bytes() == best.read_bytes()
 
 
 @pytest.mark.parametrize(
