@@ -4,10 +4,9 @@ Identical runs vary by about 15 % on a shared machine, so the mappings are measu
 interleaved: each round trains every mapping for the same number of updates (in a
 fresh run directory, the order rotated from round to round) and decodes the
 validation split with each trained run given; a mapping's ratio is the median over
-rounds of its speed over softmax's in the same round. Every mapping's kernels are
-compiled (or loaded from numba's cache) before the first measurement. A second
-experiment compares one run with two threads against two single-threaded runs at once
-(what the suite driver does).
+rounds of its speed over softmax's in the same round. A second experiment compares
+one run with two threads against two single-threaded runs at once (what the suite
+driver does).
 
     python scripts/time_mappings.py --task nmt --updates 100 --rounds 3 \
         --runs runs/reduced/nmt/lstm_attn-small/{softmax,sparsemax-gamma10}/seed1 \
@@ -123,23 +122,6 @@ def decode_speed(run_dir, threads):
 
     torch.set_num_threads(threads)
     return evaluation.decode_throughput(Path(run_dir), split="valid")
-
-
-def compile_kernels(mappings):
-    """Run each mapping once, forward and backward, with and without a mask, so that
-    numba compiles its kernels (or loads them from its cache) before any measurement:
-    for the decoding in this process, and into the cache that the trainings load."""
-    import torch
-
-    import regattn
-
-    scores = torch.randn(4, 9, requires_grad=True)
-    mask = torch.arange(9) < torch.tensor([[9], [5], [7], [1]])
-    for entry in mappings:
-        params = {key: value for key, value in entry["mapping"].items() if key != "name"}
-        attend = regattn.get_mapping(entry["mapping"]["name"], **params)
-        for row_mask in (None, mask):
-            attend(scores, mask=row_mask).square().sum().backward()
 
 
 def median_ratios(rounds, key, labels, baseline):
@@ -275,7 +257,6 @@ def main():
         "baseline": baseline,
         "rounds": [],
     }
-    compile_kernels(mappings)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="time_mappings_") as scratch:
         for index in range(args.rounds):

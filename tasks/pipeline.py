@@ -50,12 +50,15 @@ def mapping_function(mapping):
 
 
 def warm_up(mapping):
-    """Compile (or load from numba's cache) the mapping's kernels, so that the first
-    training step or the decoding throughput does not pay for it."""
+    """Compile (or load from numba's cache) the mapping's kernels, with and without a
+    mask (numba compiles each separately), so that the first training step or the
+    decoding throughput does not pay for it."""
     import torch
 
     scores = torch.randn(4, 5, requires_grad=True)
-    mapping_function(mapping)(scores, mask=scores > -1).sum().backward()
+    attend = mapping_function(mapping)
+    for mask in (None, scores > -1):
+        attend(scores, mask=mask).sum().backward()
 
 
 def check_data(task):
