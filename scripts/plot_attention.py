@@ -5,6 +5,9 @@ is written in its cell, so groups of equal weights (fusedmax, oscarmax) show.
     python scripts/plot_attention.py results/quick    # writes results/quick/figures/*.png
     python scripts/plot_attention.py results/reduced --task nmt   # one task (fr->en)
 
+Each mapping is drawn at its settings with the most seeds (those of the table, not the
+probes that chose them); --all-settings draws every setting.
+
     # a sentence of your own, through the trained checkpoints of a task's runs:
     python scripts/plot_attention.py results/reduced --task nmt --name fr-en_paper \
         --sentence "son application est en fin de compte laissée à la discrétion des états ."
@@ -71,22 +74,26 @@ def plot_example(panels, path, caption=None):
     plt.close(fig)
 
 
-def choose_runs(results_dir, seed=None, task=None):
+def choose_runs(results_dir, seed=None, task=None, all_settings=False):
     """(task, arch, model) -> mapping label -> run of that seed (default: the lowest).
     The task is named with its recipe's run suffix (task.run_suffix), as the figures
     are: a data variant or recipe gets figures of its own; ``task`` picks one (exits
-    with the task names there when it has no runs)."""
+    with the task names there when it has no runs). Unless ``all_settings``, each
+    mapping keeps only its settings with the most seeds: the ones chosen for the
+    table, not the probes that chose them."""
     chosen = defaultdict(dict)
+    seeds = defaultdict(lambda: defaultdict(set))  # key -> label -> seeds run
     task_names = set()
     for run in load_runs(results_dir):
         task_name = run["task"] + run["config"]["task"].get("run_suffix", "")
+        key = (task_name, run["arch"], run["model"])
+        label = mapping_label(run["mapping"])
+        seeds[key][label].add(run["seed"])
         if seed is not None and run["seed"] != seed:
             continue
         task_names.add(task_name)
         if task and task_name != task:
             continue
-        label = mapping_label(run["mapping"])
-        key = (task_name, run["arch"], run["model"])
         current = chosen[key].get(label)
         if current is None or run["seed"] < current["seed"]:
             chosen[key][label] = run
@@ -94,7 +101,22 @@ def choose_runs(results_dir, seed=None, task=None):
         sys.exit(f"error: --task {task!r}: no runs{'' if seed is None else f' of seed {seed}'}; "
                  f"the tasks there are {', '.join(sorted(task_names)) or 'none'} (with their "
                  "recipes' run suffixes, as in the figure names)")  # fmt: skip
+    if not all_settings:
+        for key, by_label in chosen.items():
+            kept = most_seeded(seeds[key])
+            chosen[key] = {label: run for label, run in by_label.items() if label in kept}
     return chosen
+
+
+def most_seeded(seeds_by_label):
+    """The labels whose setting has the most seeds among its mapping's settings."""
+    most = defaultdict(int)
+    for label, seeds in seeds_by_label.items():
+        name = label.split(" ")[0]
+        most[name] = max(most[name], len(seeds))
+    return {
+        label for label, seeds in seeds_by_label.items() if len(seeds) == most[label.split(" ")[0]]
+    }
 
 
 def panel_labels(by_label, mappings=None):
@@ -111,8 +133,8 @@ def panel_labels(by_label, mappings=None):
     return list(mappings)
 
 
-def plot_runs(results_dir, seed=None, mappings=None, task=None):
-    chosen = choose_runs(results_dir, seed, task)
+def plot_runs(results_dir, seed=None, mappings=None, task=None, all_settings=False):
+    chosen = choose_runs(results_dir, seed, task, all_settings or bool(mappings))
     written = []
     for (task, arch, model), by_label in sorted(chosen.items()):
         if mappings and not set(mappings) <= set(by_label):
@@ -145,11 +167,12 @@ def sentence_attention(run, sentence, runs_root, label):
 
 
 def plot_sentence(
-    results_dir, task, sentence, name, runs_root, seed=None, caption=None, mappings=None
-):
+    results_dir, task, sentence, name, runs_root, seed=None, caption=None, mappings=None,
+    all_settings=False,
+):  # fmt: skip
     """One figure per model of ``task``: every mapping's attention on ``sentence``
     (or that of ``mappings``, in their order)."""
-    chosen = choose_runs(results_dir, seed, task)
+    chosen = choose_runs(results_dir, seed, task, all_settings or bool(mappings))
     written = []
     for (task_name, arch, model), by_label in sorted(chosen.items()):
         panels = []
@@ -185,14 +208,23 @@ def main():
         metavar="LABEL",
         help="plot these mappings only, in this order (labels as in table.md)",
     )
+    parser.add_argument(
+        "--all-settings",
+        action="store_true",
+        help="a panel for every setting of a mapping, probes included (default: each "
+        "mapping's settings with the most seeds, those of the table)",
+    )
     args = parser.parse_args()
     if args.sentence:
         if not args.task:
             parser.error("--sentence needs --task (nmt, summarization, or one with a suffix)")
         written = plot_sentence(args.results_dir, args.task, args.sentence, args.name,
-                                args.runs_root, args.seed, args.caption, args.mappings)  # fmt: skip
+                                args.runs_root, args.seed, args.caption, args.mappings,
+                                args.all_settings)  # fmt: skip
     else:
-        written = plot_runs(args.results_dir, args.seed, args.mappings, args.task)
+        written = plot_runs(
+            args.results_dir, args.seed, args.mappings, args.task, args.all_settings
+        )
     for path in written:
         print(f"wrote {path}")
 

@@ -188,3 +188,23 @@ def test_plot_attention_panels_follow_the_paper_or_the_chosen_mappings():
     assert plot_attention.panel_labels(by_label, chosen) == chosen
     with pytest.raises(SystemExit, match="--mappings 'oscarmax': no such run; the labels"):
         plot_attention.panel_labels(by_label, ["softmax", "oscarmax"])
+
+
+def test_plot_attention_draws_the_seeded_settings_not_the_probes(results):
+    # A one-seed probe of sparsemax at gamma 3 beside the fixture's three seeds at gamma 1.
+    probe = run_file({"name": "sparsemax", "gamma": 3.0}, 1, np.ones(N, dtype=bool))
+    write_runs(results, [probe])
+    labels = set(plot_attention.choose_runs(results)[("snli", "snli_attn", "tiny")])
+    assert labels == {"softmax", "sparsemax", "fusedmax (lam=0.1)"}
+    # The seed picked does not change which settings are the table's.
+    assert set(plot_attention.choose_runs(results, seed=1)[("snli", "snli_attn", "tiny")]) == labels
+    every = plot_attention.choose_runs(results, all_settings=True)[("snli", "snli_attn", "tiny")]
+    assert set(every) == labels | {"sparsemax (gamma=3)"}
+
+
+def test_most_seeded_keeps_ties_and_single_seed_mappings():
+    seeds = {"softmax": {1}, "sparsemax": {1}, "sparsemax (gamma=3)": {1}, "fusedmax": {1, 2}}
+    assert plot_attention.most_seeded(seeds) == {"softmax", "sparsemax", "sparsemax (gamma=3)",
+                                                 "fusedmax"}  # fmt: skip
+    seeds["sparsemax (gamma=3)"] = {1, 2}
+    assert plot_attention.most_seeded(seeds) == {"softmax", "sparsemax (gamma=3)", "fusedmax"}
