@@ -8,8 +8,11 @@ Two ops, ``regattn::mapping_forward`` and ``regattn::mapping_backward``, both ru
 the kernels of ``regattn.functional``. The forward returns the output and what the
 backward needs (the output again where the map's backward uses it, and the kernel's
 int32 group ids or row flags), so the backward is an op too and a compiled graph
-holds both. ``regattn.functional`` calls them only when it is traced or transformed;
-eager calls take the leaner autograd.Function path, with the same kernels.
+holds both. Two more, ``regattn::lam_rows_forward`` and ``regattn::lam_rows_backward``,
+do the same for fusedmax and oscarmax with a tensor lam (one per distribution,
+learnable), and give its gradient too. ``regattn.functional`` calls them only when it
+is traced or transformed; eager calls take the leaner autograd.Function path, with
+the same kernels.
 """
 
 import math
@@ -93,16 +96,22 @@ def _batched_first(tensor, bdim, batch_size):
     return tensor.movedim(bdim, 0)
 
 
+def _batched_mask(mask, bdim, scores):
+    """``mask`` batched first and broadcast to the (batched-first) ``scores``."""
+    if mask is None:
+        return None
+    mask = _batched_first(mask, bdim, scores.shape[0])
+    # Broadcast the mask's own dims against the scores' (right-aligned), after the
+    # batch dim.
+    missing = scores.dim() - mask.dim()
+    mask = mask.reshape(mask.shape[0], *([1] * missing), *mask.shape[1:])
+    return mask.expand(scores.shape)
+
+
 @mapping_forward.register_vmap
 def _(info, in_dims, scores, dim, mask, kind, gamma, param):
     scores = _batched_first(scores, in_dims[0], info.batch_size)
-    if mask is not None:
-        mask = _batched_first(mask, in_dims[2], info.batch_size)
-        # Broadcast the mask's own dims against the scores' (right-aligned), after the
-        # batch dim.
-        missing = scores.dim() - mask.dim()
-        mask = mask.reshape(mask.shape[0], *([1] * missing), *mask.shape[1:])
-        mask = mask.expand(scores.shape)
+    mask = _batched_mask(mask, in_dims[2], scores)
     result, saved_y, aux = mapping_forward(scores, dim + 1, mask, kind, gamma, param)
     batch = info.batch_size
     # Per batch entry, saved_y and aux are the (rows, width) arrays of its own call.
@@ -127,3 +136,96 @@ def _(info, in_dims, saved_y, aux, grad_output, dim, kind, gamma, param):
 def mapping(scores, dim, mask, kind, gamma, param):
     """(output, saved y, aux) of a compiled mapping through the registered ops."""
     return mapping_forward(scores, dim, mask, kind, gamma, param)
+
+
+# ---------------------------------------------------- fusedmax, oscarmax: tensor lam
+
+
+@torch.library.custom_op("regattn::lam_rows_forward", mutates_args=())
+def lam_rows_forward(
+    scores: torch.Tensor, lam_rows: torch.Tensor, dim: int, mask: torch.Tensor | None, kind: int,
+    gamma: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    """The output and the lam gradient's state (y, group ids, counts) as tensors."""
+    result, y, aux, counts = F.lam_rows_forward(scores, lam_rows, dim, mask, kind, gamma)
+    device = scores.device
+    return result, _on_device(y, device), _on_device(aux, device), _on_device(counts, device)
+
+
+@lam_rows_forward.register_fake
+def _(scores, lam_rows, dim, mask, kind, gamma):
+    rows, d = _rows_and_width(scores, dim)
+    y = scores.new_empty((rows, d), dtype=F._compute_dtype(scores.dtype))
+    aux = scores.new_empty((rows, d), dtype=torch.int32)
+    counts = scores.new_empty((rows,), dtype=torch.int32)
+    out = torch.empty(scores.shape, dtype=scores.dtype, device=scores.device)
+    return out, y, aux, counts
+
+
+@torch.library.custom_op("regattn::lam_rows_backward", mutates_args=())
+def lam_rows_backward(
+    y: torch.Tensor, aux: torch.Tensor, counts: torch.Tensor, grad_output: torch.Tensor,
+    dim: int, kind: int, gamma: float,
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """The gradients for the scores and for lam_rows (float64)."""
+    state = (t.cpu().numpy() for t in (y, aux, counts))  # the CPU kernels take numpy
+    grad_scores, grad_lam = F.lam_rows_backward(*state, grad_output, dim, kind, gamma, True, True)
+    return grad_scores.contiguous(), grad_lam.to(grad_output.device)
+
+
+@lam_rows_backward.register_fake
+def _(y, aux, counts, grad_output, dim, kind, gamma):
+    shape = grad_output.shape
+    grad_scores = torch.empty(shape, dtype=grad_output.dtype, device=grad_output.device)
+    grad_lam = grad_output.new_empty(shape[:dim] + shape[dim + 1 :], dtype=torch.float64)
+    return grad_scores, grad_lam
+
+
+def _lam_setup_context(ctx, inputs, output):
+    _, lam_rows, dim, _, kind, gamma = inputs
+    _, y, aux, counts = output
+    ctx.save_for_backward(y, aux, counts)
+    ctx.dim, ctx.kind, ctx.gamma, ctx.lam_dtype = dim, kind, gamma, lam_rows.dtype
+
+
+def _lam_backward(ctx, grad_output, _grad_y, _grad_aux, _grad_counts):
+    y, aux, counts = ctx.saved_tensors
+    grad_scores, grad_lam = lam_rows_backward(
+        y, aux, counts, grad_output, ctx.dim, ctx.kind, ctx.gamma
+    )
+    return grad_scores, grad_lam.to(ctx.lam_dtype), None, None, None, None
+
+
+lam_rows_forward.register_autograd(_lam_backward, setup_context=_lam_setup_context)
+
+
+@lam_rows_forward.register_vmap
+def _(info, in_dims, scores, lam_rows, dim, mask, kind, gamma):
+    batch = info.batch_size
+    scores = _batched_first(scores, in_dims[0], batch)
+    lam_rows = _batched_first(lam_rows, in_dims[1], batch)
+    mask = _batched_mask(mask, in_dims[3], scores)
+    result, y, aux, counts = lam_rows_forward(scores, lam_rows, dim + 1, mask, kind, gamma)
+    # Per batch entry, the (rows, width) and (rows,) arrays of its own call.
+    state = (y.reshape(batch, -1, y.shape[-1]), aux.reshape(batch, -1, aux.shape[-1]),
+             counts.reshape(batch, -1))  # fmt: skip
+    return (result, *state), (0, 0, 0, 0)
+
+
+@lam_rows_backward.register_vmap
+def _(info, in_dims, y, aux, counts, grad_output, dim, kind, gamma):
+    batch = info.batch_size
+    state = (y, aux, counts, grad_output)
+    y, aux, counts, grad_output = (
+        _batched_first(t, bdim, batch) for t, bdim in zip(state, in_dims[:4], strict=True)
+    )
+    grads = lam_rows_backward(
+        y.reshape(-1, y.shape[-1]), aux.reshape(-1, aux.shape[-1]), counts.reshape(-1),
+        grad_output, dim + 1, kind, gamma,
+    )  # fmt: skip
+    return grads, (0, 0)
+
+
+def lam_rows_mapping(scores, lam_rows, dim, mask, kind, gamma):
+    """(output, y, aux, counts) of fusedmax or oscarmax with one lam per row."""
+    return lam_rows_forward(scores, lam_rows, dim, mask, kind, gamma)

@@ -315,43 +315,68 @@ def _backward(ctx, grad_output):
 _backward_once_differentiable = once_differentiable(_backward)
 
 
+def lam_rows_forward(scores, lam_rows, dim, mask, kind, gamma):
+    """fusedmax or oscarmax with one lam per row (``lam_rows``: the scores' shape
+    without ``dim``): the output tensor, and what the lam gradient needs as numpy
+    arrays: y (rows, d), the group ids and the counts of ``_cpu.structured_forward_lams``
+    (TV segments, kept positions). A row whose lam is negative or not finite (values
+    are checked at the call, but not under tracing) is a NaN row."""
+    layout, x, valid, out, out_rows = _forward_rows(scores, dim, mask)
+    lams = _numpy(lam_rows.reshape(-1), torch.float64)  # in the order of the rows
+    unusable = ~((lams >= 0) & (lams < math.inf))
+    if unusable.any():
+        lams = np.where(unusable, 0.0, lams)
+    aux = np.empty(x.shape, dtype=np.int32)
+    counts = np.empty(x.shape[0], dtype=np.int32)
+    _cpu.structured_forward_lams(
+        kind, x, valid, out_rows, aux, counts, 1.0 / gamma, lams, 0, x.shape[0]
+    )
+    out_rows[unusable] = np.nan
+    return _finished(out, scores, dim, layout), out_rows.copy(), aux, counts
+
+
+def lam_rows_backward(y, aux, counts, grad_output, dim, kind, gamma, scores_grad, lam_grad):
+    """The gradients of ``lam_rows_forward``'s output (its numpy state ``y``, ``aux``,
+    ``counts``) against grad_output: for the scores (on grad_output's device, or
+    None unless ``scores_grad``) and for lam_rows (float64 on the CPU, in the
+    scores' shape without ``dim``, or None unless ``lam_grad``)."""
+    device = grad_output.device
+    grad_output = grad_output.cpu()
+    grad_scores = grad_lam = None
+    if scores_grad:
+        grad_scores = kernel_backward(None, aux, grad_output, dim, kind, gamma, 0.0).to(device)
+    if lam_grad:
+        layout = _layout(grad_output.shape, dim)
+        g = _input_rows(_numpy(grad_output, _compute_dtype(grad_output.dtype)), dim, layout)
+        rows = np.empty(g.shape[0])
+        _cpu.structured_lam_grad(kind, y, aux, counts, g, rows, 0, len(rows))
+        rows_shape = grad_output.shape[:dim] + grad_output.shape[dim + 1 :]
+        grad_lam = torch.from_numpy(rows).view(rows_shape)
+    return grad_scores, grad_lam
+
+
 class _TensorLam(torch.autograd.Function):
-    """fusedmax or oscarmax with one lam per distribution, differentiable in lam:
-    the forward kernel also counts what the lam gradient needs (TV segments, kept
-    positions), and ``_cpu.structured_lam_grad`` computes it from the groups. It runs
-    the CPU kernels, for tensors on any device."""
+    """fusedmax or oscarmax with one lam per distribution, differentiable in lam
+    (``lam_rows_forward``, ``lam_rows_backward``): it runs the CPU kernels, for
+    tensors on any device."""
 
     @staticmethod
     def forward(ctx, scores, lam_rows, dim, mask, kind, gamma):
-        layout, x, valid, out, out_rows = _forward_rows(scores, dim, mask)
-        lams = _numpy(lam_rows.reshape(-1), torch.float64)  # in the order of the rows
-        aux = np.empty(x.shape, dtype=np.int32)
-        counts = np.empty(x.shape[0], dtype=np.int32)
-        _cpu.structured_forward_lams(
-            kind, x, valid, out_rows, aux, counts, 1.0 / gamma, lams, 0, x.shape[0]
-        )
-        ctx.y, ctx.aux, ctx.counts = out_rows.copy(), aux, counts
+        out, ctx.y, ctx.aux, ctx.counts = lam_rows_forward(scores, lam_rows, dim, mask, kind, gamma)
         ctx.dim, ctx.kind, ctx.gamma = dim, kind, gamma
-        ctx.lam_like = (lam_rows.shape, lam_rows.dtype, lam_rows.device)
-        return _finished(out, scores, dim, layout)
+        ctx.lam_like = (lam_rows.dtype, lam_rows.device)
+        return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_output):
-        device = grad_output.device
-        grad_output = grad_output.cpu()
-        grad_scores = grad_lam = None
-        if ctx.needs_input_grad[0]:
-            grad_scores = kernel_backward(
-                None, ctx.aux, grad_output, ctx.dim, ctx.kind, ctx.gamma, 0.0
-            ).to(device)
-        if ctx.needs_input_grad[1]:
-            layout = _layout(grad_output.shape, ctx.dim)
-            g = _input_rows(_numpy(grad_output, _compute_dtype(grad_output.dtype)), ctx.dim, layout)
-            rows = np.empty(g.shape[0])
-            _cpu.structured_lam_grad(ctx.kind, ctx.y, ctx.aux, ctx.counts, g, rows, 0, len(rows))
-            shape, dtype, lam_device = ctx.lam_like
-            grad_lam = torch.from_numpy(rows).view(shape).to(device=lam_device, dtype=dtype)
+        grad_scores, grad_lam = lam_rows_backward(
+            ctx.y, ctx.aux, ctx.counts, grad_output, ctx.dim, ctx.kind, ctx.gamma,
+            *ctx.needs_input_grad[:2],
+        )  # fmt: skip
+        if grad_lam is not None:
+            dtype, device = ctx.lam_like
+            grad_lam = grad_lam.to(device=device, dtype=dtype)
         return grad_scores, grad_lam, None, None, None, None
 
 
@@ -406,15 +431,15 @@ def _compiled(scores, dim, mask, gamma, kind, param=0.0):
         dtype = scores.dtype
         result = _compiled(_divided(scores, dim, mask, gamma), dim, mask, 1.0, kind, param)
         return result.to(dtype)
+    traced = _traced(scores) or (mask is not None and _traced(mask))
     if isinstance(param, torch.Tensor):  # a learnable lam
-        if _traced(scores) or _traced(param) or (mask is not None and _traced(mask)):
-            raise TypeError(
-                "lam as a tensor works in eager mode only (not under torch.compile, "
-                "torch.export, fake tensors or torch.func); pass a Python number there"
-            )
         lam_rows = _per_row(param, "lam", scores, dim).squeeze(dim)
+        if traced or _traced(param):
+            from . import _ops
+
+            return _ops.lam_rows_mapping(scores, lam_rows, dim, mask, kind, gamma)[0]
         return _TensorLam.apply(scores, lam_rows, dim, mask, kind, gamma)
-    if _traced(scores) or (mask is not None and _traced(mask)):
+    if traced:
         from . import _ops
 
         return _ops.mapping(scores, dim, mask, kind, gamma, param)[0]

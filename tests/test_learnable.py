@@ -216,7 +216,120 @@ def test_bad_lam_tensors_are_refused_clearly(name, lam, error, match):
         regattn.MAPPINGS[name](torch.randn(3, 4, 7), lam=lam)
 
 
-def test_lam_tensor_under_compile_is_refused_clearly():
-    compiled = torch.compile(lambda x, lam: regattn.fusedmax(x, lam=lam), fullgraph=True)
-    with pytest.raises(Exception, match="lam as a tensor works in eager mode only"):
-        compiled(torch.randn(2, 5), torch.tensor([0.1, 0.2]))
+def lam_case(name, seed=0):
+    """Scores (4 x 3 x 7, mapped along dim 1) with a mask, one lam per distribution."""
+    generator = torch.Generator().manual_seed(seed)
+    scores = torch.randn(4, 7, 3, generator=generator, dtype=torch.float64)
+    mask = torch.rand(4, 7, 3, generator=generator) > 0.3
+    mask[:, 0] = True
+    lam = 0.05 + 0.3 * torch.rand(4, 3, generator=generator, dtype=torch.float64)
+    return regattn.MAPPINGS[name], scores, mask, lam
+
+
+@pytest.mark.parametrize("name", sorted(STRUCTURED))
+def test_lam_tensor_compiles_without_graph_break_and_matches_eager(name):
+    torch._dynamo.reset()
+    mapping, scores, mask, lam = lam_case(name)
+    weights = torch.randn(4, 7, 3, dtype=torch.float64)
+
+    def loss(x, lam):
+        return (mapping(x, 1, lam=lam, mask=mask) * weights).sum()
+
+    explanation = torch._dynamo.explain(loss)(scores, lam)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    compiled = torch.compile(loss, fullgraph=True)
+    grads = []
+    for function in (loss, compiled):
+        x, lam_ = scores.clone().requires_grad_(), lam.clone().requires_grad_()
+        value = function(x, lam_)
+        value.backward()
+        grads.append((value, x.grad, lam_.grad))
+    (value, x_grad, lam_grad), (got, got_x_grad, got_lam_grad) = grads
+    torch.testing.assert_close(got, value)
+    torch.testing.assert_close(got_x_grad, x_grad)
+    torch.testing.assert_close(got_lam_grad, lam_grad)
+    assert lam_grad.abs().sum() > 0  # the rows fuse: lam has a gradient to compare
+
+
+@pytest.mark.parametrize("name", sorted(STRUCTURED))
+def test_lam_tensor_ops_pass_opcheck(name):
+    """torch.library's own checks of both ops: schema, fake kernels against the real
+    ones, the autograd registration, and that they survive tracing."""
+    from regattn import _cpu, _ops
+
+    _, scores, mask, lam = lam_case(name)
+    kind = {"fusedmax": _cpu.FUSEDMAX, "oscarmax": _cpu.OSCARMAX}[name]
+    lam_rows = lam.requires_grad_()
+    torch.library.opcheck(_ops.lam_rows_forward, (scores, lam_rows, 1, mask, kind, 2.0))
+    _, y, aux, counts = _ops.lam_rows_forward(scores, lam_rows, 1, mask, kind, 2.0)
+    state = (
+        y.detach(),
+        aux,
+        counts,
+        torch.randn_like(scores),
+    )  # the backward is not differentiable
+    torch.library.opcheck(_ops.lam_rows_backward, (*state, 1, kind, 2.0))
+
+
+@pytest.mark.parametrize("name", sorted(STRUCTURED))
+def test_lam_tensor_in_an_exported_model(name):
+    class FusedAttention(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lam = torch.nn.Parameter(torch.tensor([0.1, 0.3], dtype=torch.float64))
+
+        def forward(self, scores, mask):  # scores: batch x heads x queries x keys
+            return regattn.MAPPINGS[name](scores, mask=mask, lam=self.lam[:, None])
+
+    model = FusedAttention()
+    scores = torch.randn(3, 2, 4, 6, dtype=torch.float64)
+    mask = torch.rand(3, 1, 1, 6) > 0.3
+    mask[..., 0] = True
+    exported = torch.export.export(model, (scores, mask))
+    assert "regattn.lam_rows_forward" in exported.graph_module.code
+    torch.testing.assert_close(exported.module()(scores, mask), model(scores, mask))
+
+
+@pytest.mark.parametrize("name", sorted(STRUCTURED))
+def test_lam_tensor_under_vmap(name):
+    mapping, scores, mask, lam = lam_case(name)
+    expected = mapping(scores, 1, lam=lam, mask=mask)
+    # vmapped over the batch: each entry maps its 7 x 3 scores along dim 0
+    vmapped = torch.func.vmap(lambda x, m, lam_: mapping(x, 0, lam=lam_, mask=m))(scores, mask, lam)
+    torch.testing.assert_close(vmapped, expected)
+    # a lam shared by every entry
+    shared = lam[0]
+    vmapped = torch.func.vmap(lambda x: mapping(x, 0, lam=shared))(scores)
+    torch.testing.assert_close(vmapped, mapping(scores, 1, lam=shared.expand(4, 3)))
+
+
+@pytest.mark.parametrize("name", sorted(STRUCTURED))
+def test_lam_tensor_on_meta_and_fake_tensors(name):
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    mapping = regattn.MAPPINGS[name]
+    x = torch.empty(3, 5, 9, device="meta")
+    y = mapping(x, 1, lam=torch.full((3, 9), 0.1, device="meta"))
+    assert y.is_meta and y.shape == x.shape
+    with FakeTensorMode():
+        y = mapping(torch.empty(2, 8), lam=torch.full((2,), 0.1))
+        assert y.shape == (2, 8)
+
+
+@pytest.mark.parametrize("name", sorted(STRUCTURED))
+def test_unusable_lam_under_compile_gives_nan_rows_not_an_error(name):
+    """Under tracing the values of lam cannot be checked at the call: a negative or
+    non-finite lam makes its row NaN, and the other rows are untouched."""
+    torch._dynamo.reset()
+    mapping, scores, _, _ = lam_case(name)
+    scores = scores[:, :, 0]  # 4 x 7
+    lam = torch.tensor([0.1, -0.5, float("nan"), float("inf")], dtype=torch.float64)
+    got = torch.compile(lambda x, lam_: mapping(x, lam=lam_), fullgraph=True)(scores, lam)
+    assert got[1:].isnan().all()
+    torch.testing.assert_close(got[0], mapping(scores[0], lam=0.1))
+
+
+def test_eager_lam_tensor_takes_the_lean_autograd_path():
+    x = torch.randn(3, 5, requires_grad=True)
+    lam = torch.full((3,), 0.1, requires_grad=True)
+    assert type(regattn.fusedmax(x, lam=lam).grad_fn).__name__ == "_TensorLamBackward"
