@@ -115,9 +115,10 @@ def _(info, in_dims, scores, dim, mask, kind, gamma, param):
     result, saved_y, aux = mapping_forward(scores, dim + 1, mask, kind, gamma, param)
     batch = info.batch_size
     # Per batch entry, saved_y and aux are the (rows, width) arrays of its own call.
-    saved_y = saved_y.reshape(batch, -1, *saved_y.shape[1:]) if saved_y.numel() else (
+    rows = aux.shape[0] // batch  # not -1: a reshape cannot infer it when width is 0
+    saved_y = saved_y.reshape(batch, rows, *saved_y.shape[1:]) if saved_y.numel() else (
         saved_y.new_empty(batch, 0))  # fmt: skip
-    return (result, saved_y, aux.reshape(batch, -1, aux.shape[-1])), (0, 0, 0)
+    return (result, saved_y, aux.reshape(batch, rows, aux.shape[-1])), (0, 0, 0)
 
 
 @mapping_backward.register_vmap
@@ -126,10 +127,8 @@ def _(info, in_dims, saved_y, aux, grad_output, dim, kind, gamma, param):
     saved_y = _batched_first(saved_y, in_dims[0], batch)
     aux = _batched_first(aux, in_dims[1], batch)
     grad_output = _batched_first(grad_output, in_dims[2], batch)
-    saved_y = saved_y.reshape(-1, *saved_y.shape[2:]) if saved_y.dim() > 2 else saved_y.reshape(0)
-    grad = mapping_backward(
-        saved_y, aux.reshape(-1, aux.shape[-1]), grad_output, dim + 1, kind, gamma, param
-    )
+    saved_y = saved_y.flatten(0, 1) if saved_y.dim() > 2 else saved_y.reshape(0)
+    grad = mapping_backward(saved_y, aux.flatten(0, 1), grad_output, dim + 1, kind, gamma, param)
     return grad, 0
 
 
@@ -206,9 +205,11 @@ def _(info, in_dims, scores, lam_rows, dim, mask, kind, gamma):
     lam_rows = _batched_first(lam_rows, in_dims[1], batch)
     mask = _batched_mask(mask, in_dims[3], scores)
     result, y, aux, counts = lam_rows_forward(scores, lam_rows, dim + 1, mask, kind, gamma)
-    # Per batch entry, the (rows, width) and (rows,) arrays of its own call.
-    state = (y.reshape(batch, -1, y.shape[-1]), aux.reshape(batch, -1, aux.shape[-1]),
-             counts.reshape(batch, -1))  # fmt: skip
+    # Per batch entry, the (rows, width) and (rows,) arrays of its own call (rows
+    # given, not -1: a reshape cannot infer it when width is 0).
+    rows = counts.shape[0] // batch
+    state = (y.reshape(batch, rows, y.shape[-1]), aux.reshape(batch, rows, aux.shape[-1]),
+             counts.reshape(batch, rows))  # fmt: skip
     return (result, *state), (0, 0, 0, 0)
 
 
@@ -220,7 +221,7 @@ def _(info, in_dims, y, aux, counts, grad_output, dim, kind, gamma):
         _batched_first(t, bdim, batch) for t, bdim in zip(state, in_dims[:4], strict=True)
     )
     grads = lam_rows_backward(
-        y.reshape(-1, y.shape[-1]), aux.reshape(-1, aux.shape[-1]), counts.reshape(-1),
+        y.flatten(0, 1), aux.flatten(0, 1), counts.reshape(-1),
         grad_output, dim + 1, kind, gamma,
     )  # fmt: skip
     return grads, (0, 0)

@@ -320,18 +320,22 @@ def lam_rows_forward(scores, lam_rows, dim, mask, kind, gamma):
     without ``dim``): the output tensor, and what the lam gradient needs as numpy
     arrays: y (rows, d), the group ids and the counts of ``_cpu.structured_forward_lams``
     (TV segments, kept positions). A row whose lam is negative or not finite (values
-    are checked at the call, but not under tracing) is a NaN row."""
+    are checked at the call, but not under tracing) is a NaN row, with NaN gradients
+    (its count is -1)."""
     layout, x, valid, out, out_rows = _forward_rows(scores, dim, mask)
     lams = _numpy(lam_rows.reshape(-1), torch.float64)  # in the order of the rows
     unusable = ~((lams >= 0) & (lams < math.inf))
-    if unusable.any():
+    any_unusable = unusable.any()
+    if any_unusable:
         lams = np.where(unusable, 0.0, lams)
     aux = np.empty(x.shape, dtype=np.int32)
     counts = np.empty(x.shape[0], dtype=np.int32)
     _cpu.structured_forward_lams(
         kind, x, valid, out_rows, aux, counts, 1.0 / gamma, lams, 0, x.shape[0]
     )
-    out_rows[unusable] = np.nan
+    if any_unusable:
+        out_rows[unusable] = np.nan
+        counts[unusable] = -1
     return _finished(out, scores, dim, layout), out_rows.copy(), aux, counts
 
 
@@ -342,15 +346,21 @@ def lam_rows_backward(y, aux, counts, grad_output, dim, kind, gamma, scores_grad
     scores' shape without ``dim``, or None unless ``lam_grad``)."""
     device = grad_output.device
     grad_output = grad_output.cpu()
+    rows_shape = grad_output.shape[:dim] + grad_output.shape[dim + 1 :]
+    unusable = counts < 0  # rows whose lam was unusable: NaN rows
     grad_scores = grad_lam = None
     if scores_grad:
-        grad_scores = kernel_backward(None, aux, grad_output, dim, kind, gamma, 0.0).to(device)
+        grad_scores = kernel_backward(None, aux, grad_output, dim, kind, gamma, 0.0)
+        if unusable.any():
+            nan_rows = torch.from_numpy(unusable).view(rows_shape).unsqueeze(dim)
+            grad_scores = grad_scores.masked_fill(nan_rows, math.nan)
+        grad_scores = grad_scores.to(device)
     if lam_grad:
         layout = _layout(grad_output.shape, dim)
         g = _input_rows(_numpy(grad_output, _compute_dtype(grad_output.dtype)), dim, layout)
         rows = np.empty(g.shape[0])
         _cpu.structured_lam_grad(kind, y, aux, counts, g, rows, 0, len(rows))
-        rows_shape = grad_output.shape[:dim] + grad_output.shape[dim + 1 :]
+        rows[unusable] = np.nan
         grad_lam = torch.from_numpy(rows).view(rows_shape)
     return grad_scores, grad_lam
 
@@ -482,6 +492,8 @@ def _all_finite(z):
 def _traceable_softmax(z, dim, mask):
     """The same contract as _SafeSoftmax in plain differentiable tensor operations,
     with no data-dependent branch: what tracing, fake tensors and vmap can follow."""
+    if z.shape[dim] == 0:  # no position: nothing to reduce over (the shape is static)
+        return torch.zeros_like(z)
     if mask is not None:
         z = z.where(mask, -math.inf)
     z = z.clamp(max=torch.finfo(z.dtype).max)  # +inf scores share the mass

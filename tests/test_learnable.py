@@ -327,6 +327,56 @@ def test_unusable_lam_under_compile_gives_nan_rows_not_an_error(name):
     got = torch.compile(lambda x, lam_: mapping(x, lam=lam_), fullgraph=True)(scores, lam)
     assert got[1:].isnan().all()
     torch.testing.assert_close(got[0], mapping(scores[0], lam=0.1))
+    # and so are their gradients, for the scores and for lam
+    x, lam = scores.clone().requires_grad_(), lam.clone().requires_grad_()
+    torch.compile(lambda x, lam_: mapping(x, lam=lam_), fullgraph=True)(x, lam).sum().backward()
+    assert x.grad[1:].isnan().all() and lam.grad[1:].isnan().all()
+    assert torch.isfinite(x.grad[0]).all() and torch.isfinite(lam.grad[0])
+
+
+@pytest.mark.parametrize("name", sorted(STRUCTURED))
+def test_lam_tensor_gradients_through_vmap(name):
+    mapping, scores, mask, lam = lam_case(name)
+    weights = torch.randn(4, 7, 3, dtype=torch.float64)
+    grads = []
+    for vmapped in (False, True):
+        x, lam_ = scores.clone().requires_grad_(), lam.clone().requires_grad_()
+        if vmapped:
+            out = torch.func.vmap(lambda x, m, l_: mapping(x, 0, lam=l_, mask=m))(x, mask, lam_)
+        else:
+            out = mapping(x, 1, lam=lam_, mask=mask)
+        grads.append(torch.autograd.grad((out * weights).sum(), (x, lam_)))
+    for got, want in zip(grads[1], grads[0], strict=True):
+        torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("name", sorted(STRUCTURED))
+def test_the_lam_backward_op_batching_rule(name):
+    """vmap over regattn::lam_rows_backward against one call per batch entry."""
+    from regattn import _cpu, _ops
+
+    _, scores, mask, lam = lam_case(name)
+    kind = {"fusedmax": _cpu.FUSEDMAX, "oscarmax": _cpu.OSCARMAX}[name]
+    grad_outputs = torch.randn_like(scores)
+    states = [_ops.lam_rows_forward(scores[b], lam[b], 0, mask[b], kind, 2.0)[1:] for b in range(4)]
+    y, aux, counts = (torch.stack(parts) for parts in zip(*states, strict=True))
+    expected = [_ops.lam_rows_backward(*states[b], grad_outputs[b], 0, kind, 2.0) for b in range(4)]
+    got = torch.func.vmap(lambda *args: _ops.lam_rows_backward(*args, 0, kind, 2.0))(
+        y, aux, counts, grad_outputs
+    )
+    for got_part, parts in zip(got, zip(*expected, strict=True), strict=True):
+        torch.testing.assert_close(got_part, torch.stack(parts))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_vmap_over_rows_of_width_zero(name):
+    mapping = regattn.MAPPINGS[name]
+    scores = torch.randn(3, 2, 0, dtype=torch.float64)
+    assert torch.func.vmap(lambda x: mapping(x, -1))(scores).shape == (3, 2, 0)
+    if name in STRUCTURED:
+        lam = torch.full((3, 2), 0.1, dtype=torch.float64)
+        vmapped = torch.func.vmap(lambda x, lam_: mapping(x, -1, lam=lam_))(scores, lam)
+        assert vmapped.shape == (3, 2, 0)
 
 
 def test_eager_lam_tensor_takes_the_lean_autograd_path():
