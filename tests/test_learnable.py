@@ -262,12 +262,8 @@ def test_lam_tensor_ops_pass_opcheck(name):
     lam_rows = lam.requires_grad_()
     torch.library.opcheck(_ops.lam_rows_forward, (scores, lam_rows, 1, mask, kind, 2.0))
     _, y, aux, counts = _ops.lam_rows_forward(scores, lam_rows, 1, mask, kind, 2.0)
-    state = (
-        y.detach(),
-        aux,
-        counts,
-        torch.randn_like(scores),
-    )  # the backward is not differentiable
+    # The backward op has no autograd formula of its own (it is not differentiable).
+    state = (y.detach(), aux, counts, torch.randn_like(scores))
     torch.library.opcheck(_ops.lam_rows_backward, (*state, 1, kind, 2.0))
 
 
