@@ -18,6 +18,7 @@ the same kernels.
 import math
 
 import torch
+from torch._C import _functorch
 
 from . import _cpu
 from . import functional as F
@@ -132,9 +133,104 @@ def _(info, in_dims, saved_y, aux, grad_output, dim, kind, gamma, param):
     return grad, 0
 
 
+def _func_transformed(*tensors):
+    """Whether torch.func transforms (grad, vjp, jvp, the Jacobians, vmap) wrap these
+    tensors outside torch.compile: torch runs a registered op's autograd formula
+    through an autograd.Function that these transforms cannot differentiate, so the
+    calls go through the autograd.Functions below, which they can. Nested
+    derivatives (torch.func.hessian, grad of grad) raise: the backward is not
+    differentiable, and a transform would otherwise take its saved output for a
+    constant and give a wrong second derivative without a word."""
+    if torch.compiler.is_compiling():
+        return False
+    wrapped = [t for t in tensors if t is not None and _functorch.is_functorch_wrapped_tensor(t)]
+    if any(_differentiation_levels(t) > 1 for t in wrapped):
+        raise NotImplementedError(F.SECOND_DERIVATIVES)
+    return bool(wrapped)
+
+
+def _differentiation_levels(tensor):
+    """How many differentiating torch.func transforms (grad, vjp, jvp) wrap
+    ``tensor`` (vmap's batching does not count)."""
+    levels = 0
+    while _functorch.is_functorch_wrapped_tensor(tensor):
+        levels += _functorch.is_gradtrackingtensor(tensor)
+        tensor = _functorch.get_unwrapped(tensor)
+    return levels
+
+
+class _FirstOrder(torch.autograd.Function):
+    """A backward op (``mapping_backward``, ``lam_rows_backward``, the first argument)
+    under torch.func transforms, which always build a graph through the backward:
+    the op, whose own derivative raises (the ops have no autograd formula, and a
+    transform cannot differentiate the Function torch would wrap them in)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(op, *args):
+        return op(*args)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, *_):
+        raise NotImplementedError(F.SECOND_DERIVATIVES)
+
+    @staticmethod
+    def jvp(ctx, *_):
+        raise NotImplementedError(F.SECOND_DERIVATIVES)
+
+
+class _TransformedMapping(torch.autograd.Function):
+    """``mapping_forward`` and its autograd formula as an autograd.Function that
+    torch.func can transform: ``setup_context`` apart from ``forward``, and vmap by
+    running the forward under vmap (the ops' batching rules)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(scores, dim, mask, kind, gamma, param):
+        return mapping_forward(scores, dim, mask, kind, gamma, param)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.mark_non_differentiable(*output[1:])
+        _setup_context(ctx, inputs, output)
+        ctx.save_for_forward(*output[1:])
+
+    @staticmethod
+    def backward(ctx, grad_output, _grad_saved_y, _grad_aux):
+        return _TransformedMapping.jvp(ctx, grad_output)[0], None, None, None, None, None
+
+    @staticmethod
+    def jvp(ctx, scores_tangent, *_):
+        # The Jacobian is symmetric (regattn.functional._CompiledMapping.jvp): one
+        # product for both modes.
+        saved_y, aux = ctx.saved_tensors
+        args = (saved_y, aux, scores_tangent, ctx.dim, ctx.kind, ctx.gamma, ctx.param)
+        return _FirstOrder.apply(mapping_backward, *args), None, None
+
+
 def mapping(scores, dim, mask, kind, gamma, param):
     """(output, saved y, aux) of a compiled mapping through the registered ops."""
+    if _func_transformed(scores, mask):
+        return _TransformedMapping.apply(scores, dim, mask, kind, gamma, param)
     return mapping_forward(scores, dim, mask, kind, gamma, param)
+
+
+def batched_backward(saved_y, aux, grad_output, dim, kind, gamma, param):
+    """The eager path's backward (its state as ``kernel_forward`` keeps it) for a
+    grad_output batched by torch's legacy vmap (``torch.autograd.grad(...,
+    is_grads_batched=True)``), which cannot reach numpy: through the backward op, which
+    that vmap runs once per batch entry."""
+    device = grad_output.device
+    if saved_y is None:
+        saved_y = torch.empty(0, dtype=F._compute_dtype(grad_output.dtype))
+    saved_y, aux = _on_device(saved_y, device), _on_device(aux, device)
+    return mapping_backward(saved_y, aux, grad_output, dim, kind, gamma, param)
 
 
 # ---------------------------------------------------- fusedmax, oscarmax: tensor lam
@@ -227,6 +323,52 @@ def _(info, in_dims, y, aux, counts, grad_output, dim, kind, gamma):
     return grads, (0, 0)
 
 
+class _TransformedLamRows(torch.autograd.Function):
+    """``lam_rows_forward`` and its autograd formula for torch.func transforms (as
+    ``_TransformedMapping``)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(scores, lam_rows, dim, mask, kind, gamma):
+        return lam_rows_forward(scores, lam_rows, dim, mask, kind, gamma)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.mark_non_differentiable(*output[1:])
+        _lam_setup_context(ctx, inputs, output)
+        ctx.save_for_forward(*output[1:])
+        ctx.set_materialize_grads(False)  # for jvp: None, not zeros, for a lam with no tangent
+
+    @staticmethod
+    def backward(ctx, grad_output, _grad_y, _grad_aux, _grad_counts):
+        if grad_output is None:  # not materialised: no gradient came
+            return None, None, None, None, None, None
+        grad_scores, grad_lam = _TransformedLamRows._products(ctx, grad_output)
+        return grad_scores, grad_lam.to(ctx.lam_dtype), None, None, None, None
+
+    @staticmethod
+    def jvp(ctx, scores_tangent, lam_tangent, *_):
+        if lam_tangent is not None:
+            raise NotImplementedError(F._NO_LAM_TANGENT)
+        # As for _TransformedMapping: the Jacobian in the scores is symmetric.
+        return _TransformedLamRows._products(ctx, scores_tangent)[0], None, None, None
+
+    @staticmethod
+    def _products(ctx, vector):
+        y, aux, counts = ctx.saved_tensors
+        args = (y, aux, counts, vector, ctx.dim, ctx.kind, ctx.gamma)
+        return _FirstOrder.apply(lam_rows_backward, *args)
+
+
 def lam_rows_mapping(scores, lam_rows, dim, mask, kind, gamma):
     """(output, y, aux, counts) of fusedmax or oscarmax with one lam per row."""
+    if _func_transformed(scores, lam_rows, mask):
+        return _TransformedLamRows.apply(scores, lam_rows, dim, mask, kind, gamma)
     return lam_rows_forward(scores, lam_rows, dim, mask, kind, gamma)
+
+
+def batched_lam_rows_backward(y, aux, counts, grad_output, dim, kind, gamma):
+    """``batched_backward`` for the tensor-lam path: (grad scores, grad lam_rows)."""
+    state = (_on_device(t, grad_output.device) for t in (y, aux, counts))
+    return lam_rows_backward(*state, grad_output, dim, kind, gamma)

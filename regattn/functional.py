@@ -14,6 +14,7 @@ the CPU kernels with one warning when those cannot run; softmax is PyTorch's on
 every device.
 """
 
+import functools
 import inspect
 import math
 import numbers
@@ -22,7 +23,7 @@ import os
 import numba
 import numpy as np
 import torch
-from torch.autograd.function import once_differentiable
+from torch.autograd import forward_ad
 
 from . import _cpu
 
@@ -287,8 +288,8 @@ class _CompiledMapping(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, scores, dim, mask, kind, gamma, param):
-        keep_y = ctx.needs_input_grad[0]
-        result, saved_y, aux = kernel_forward(scores, dim, mask, kind, gamma, param, keep_y)
+        # Called for a gradient or a forward-mode tangent: both need y.
+        result, saved_y, aux = kernel_forward(scores, dim, mask, kind, gamma, param, True)
         # numpy arrays private to this call (not tensors a user could modify), so they
         # are kept on ctx without save_for_backward's version checks.
         ctx.saved_y, ctx.aux = saved_y, aux
@@ -301,18 +302,90 @@ class _CompiledMapping(torch.autograd.Function):
             return _backward_once_differentiable(ctx, grad_output)
         return _backward(ctx, grad_output)
 
+    @staticmethod
+    def jvp(ctx, scores_tangent, *_):
+        # Every map is the gradient of a convex function (the conjugate of its
+        # regulariser), so its Jacobian is a Hessian, symmetric: the Jacobian-vector
+        # product is the vector-Jacobian product.
+        return _jacobian_product(ctx, scores_tangent)
+
+
+def _jacobian_product(ctx, vector):
+    state = (ctx.saved_y, ctx.aux, vector, ctx.dim, ctx.kind, ctx.gamma, ctx.param)
+    if _legacy_batched(vector):
+        from . import _ops
+
+        return _ops.batched_backward(*state)
+    return kernel_backward(*state)
+
 
 def _backward(ctx, grad_output):
-    grad = kernel_backward(
-        ctx.saved_y, ctx.aux, grad_output, ctx.dim, ctx.kind, ctx.gamma, ctx.param
-    )
-    return grad, None, None, None, None, None
+    return _jacobian_product(ctx, grad_output), None, None, None, None, None
 
 
-# The kernels' gradient is not differentiable itself: under create_graph, a second
-# derivative through it raises a clear error (plain backward, the common case, skips
-# the wrapper's cost, a sizeable part of a decoder step's call).
-_backward_once_differentiable = once_differentiable(_backward)
+def _legacy_batched(vector):
+    """Whether ``vector`` holds a batch of gradients or tangents (torch.autograd.grad
+    with ``is_grads_batched=True``, torch.autograd.functional.jacobian with
+    ``vectorize=True``), which the numpy kernels cannot take."""
+    return torch._C._functorch.is_legacy_batchedtensor(vector)
+
+
+def _has_tangent(tensor):
+    """Whether ``tensor`` is a forward-mode AD dual tensor (torch.autograd.forward_ad)."""
+    return forward_ad.unpack_dual(tensor).tangent is not None
+
+
+SECOND_DERIVATIVES = (
+    "second derivatives of regattn's sparse maps are not supported (a backward of "
+    "their backward: create_graph=True then a gradient of the gradient, "
+    "torch.autograd.functional.hessian, torch.func.hessian, grad of grad); first "
+    "derivatives are, in reverse and forward mode"
+)
+
+
+class _SecondDerivative(torch.autograd.Function):
+    """A gradient computed under create_graph by a backward that is not differentiable
+    itself: its value, with a node that raises when a second derivative reaches it.
+    Unlike torch's once_differentiable, whose node hangs from detached copies, the
+    node hangs from the incoming gradients, so a derivative taken with respect to
+    what they depend on (torch.autograd.grad(..., inputs), autograd.functional's
+    hessian) reaches it and raises instead of reporting an unused input or zeros."""
+
+    @staticmethod
+    def forward(ctx, grad, *incoming):
+        return grad.view_as(grad)
+
+    @staticmethod
+    def backward(ctx, *_):
+        raise NotImplementedError(SECOND_DERIVATIVES)
+
+    @staticmethod
+    def jvp(ctx, *_):  # forward over reverse
+        raise NotImplementedError(SECOND_DERIVATIVES)
+
+
+def _first_order(backward):
+    """``backward`` (a Function's, computing its gradients without autograd) made
+    safe under create_graph: the gradients raise if differentiated again."""
+
+    @functools.wraps(backward)
+    def wrapper(ctx, *grad_outputs):
+        with torch.no_grad():
+            grads = backward(ctx, *grad_outputs)
+        incoming = [g for g in grad_outputs if g is not None and g.requires_grad]
+        if not (torch.is_grad_enabled() and incoming):
+            return grads
+        return tuple(
+            _SecondDerivative.apply(g, *incoming) if isinstance(g, torch.Tensor) else g
+            for g in grads
+        )
+
+    return wrapper
+
+
+# Plain backward, the common case, skips the wrapper's cost (a sizeable part of a
+# decoder step's call).
+_backward_once_differentiable = _first_order(_backward)
 
 
 def lam_rows_forward(scores, lam_rows, dim, mask, kind, gamma):
@@ -365,6 +438,14 @@ def lam_rows_backward(y, aux, counts, grad_output, dim, kind, gamma, scores_grad
     return grad_scores, grad_lam
 
 
+_NO_LAM_TANGENT = (
+    "forward-mode AD (torch.func.jvp, jacfwd, torch.autograd.forward_ad) is not "
+    "supported with respect to a tensor lam; it is with respect to the scores (a lam "
+    "without a tangent), and reverse mode (backward, torch.func.grad, jacrev) gives "
+    "lam's gradient"
+)
+
+
 class _TensorLam(torch.autograd.Function):
     """fusedmax or oscarmax with one lam per distribution, differentiable in lam
     (``lam_rows_forward``, ``lam_rows_backward``): it runs the CPU kernels, for
@@ -374,16 +455,36 @@ class _TensorLam(torch.autograd.Function):
     def forward(ctx, scores, lam_rows, dim, mask, kind, gamma):
         out, ctx.y, ctx.aux, ctx.counts = lam_rows_forward(scores, lam_rows, dim, mask, kind, gamma)
         ctx.dim, ctx.kind, ctx.gamma = dim, kind, gamma
+        ctx.set_materialize_grads(False)  # for jvp: None, not zeros, for a lam with no tangent
         ctx.lam_like = (lam_rows.dtype, lam_rows.device)
         return out
 
     @staticmethod
-    @once_differentiable
+    def jvp(ctx, scores_tangent, lam_tangent, *_):
+        if lam_tangent is not None:
+            raise NotImplementedError(_NO_LAM_TANGENT)
+        # As for _CompiledMapping.jvp: the Jacobian in the scores is symmetric.
+        if _legacy_batched(scores_tangent):
+            from . import _ops
+
+            state = (ctx.y, ctx.aux, ctx.counts, scores_tangent, ctx.dim, ctx.kind, ctx.gamma)
+            return _ops.batched_lam_rows_backward(*state)[0]
+        return lam_rows_backward(
+            ctx.y, ctx.aux, ctx.counts, scores_tangent, ctx.dim, ctx.kind, ctx.gamma, True, False
+        )[0]
+
+    @staticmethod
+    @_first_order
     def backward(ctx, grad_output):
-        grad_scores, grad_lam = lam_rows_backward(
-            ctx.y, ctx.aux, ctx.counts, grad_output, ctx.dim, ctx.kind, ctx.gamma,
-            *ctx.needs_input_grad[:2],
-        )  # fmt: skip
+        if grad_output is None:  # not materialised: no gradient reached the output
+            return None, None, None, None, None, None
+        state = (ctx.y, ctx.aux, ctx.counts, grad_output, ctx.dim, ctx.kind, ctx.gamma)
+        if _legacy_batched(grad_output):
+            from . import _ops
+
+            grad_scores, grad_lam = _ops.batched_lam_rows_backward(*state)
+        else:
+            grad_scores, grad_lam = lam_rows_backward(*state, *ctx.needs_input_grad[:2])
         if grad_lam is not None:
             dtype, device = ctx.lam_like
             grad_lam = grad_lam.to(device=device, dtype=dtype)
@@ -453,7 +554,8 @@ def _compiled(scores, dim, mask, gamma, kind, param=0.0):
         from . import _ops
 
         return _ops.mapping(scores, dim, mask, kind, gamma, param)[0]
-    if not (scores.requires_grad and torch.is_grad_enabled()):  # inference: no autograd node
+    inference = not (scores.requires_grad and torch.is_grad_enabled()) and not _has_tangent(scores)
+    if inference:  # no autograd node
         return kernel_forward(scores, dim, mask, kind, gamma, param, keep_y=False)[0]
     return _CompiledMapping.apply(scores, dim, mask, kind, gamma, param)
 
@@ -471,15 +573,21 @@ class _SafeSoftmax(torch.autograd.Function):
         y = torch.softmax(finite, dim)
         y = y.masked_fill(finite.amax(dim, keepdim=True) == -math.inf, 0.0)
         ctx.save_for_backward(y)
+        ctx.save_for_forward(y)
         ctx.dim = dim
         return y
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_output):
+        # In differentiable operations on the saved output: a second derivative works.
+        return _SafeSoftmax.jvp(ctx, grad_output, None), None
+
+    @staticmethod
+    def jvp(ctx, z_tangent, _):
+        # softmax's Jacobian diag(y) - y y^T is symmetric: one product for both modes.
         (y,) = ctx.saved_tensors
-        gy = grad_output * y
-        return gy - y * gy.sum(ctx.dim, keepdim=True), None
+        gy = z_tangent * y
+        return gy - y * gy.sum(ctx.dim, keepdim=True)
 
 
 def _all_finite(z):
