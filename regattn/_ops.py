@@ -35,11 +35,16 @@ def mapping_forward(
     param: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
     result, saved_y, aux = F.kernel_forward(scores, dim, mask, kind, gamma, param, keep_y=True)
-    # The CPU kernels save numpy arrays, the CUDA kernels device tensors; the op's
-    # outputs are tensors on the scores' device (a copy only after a CUDA fallback).
+    return (result, *_state_tensors(saved_y, aux, scores.dtype, scores.device))
+
+
+def _state_tensors(saved_y, aux, dtype, device):
+    """``kernel_forward``'s saved y and aux as the ops take them: the CPU kernels save
+    numpy arrays, the CUDA kernels device tensors; the ops' are tensors on the
+    scores' device (a copy only after a CUDA fallback)."""
     if saved_y is None:  # the structured maps' backward needs their group ids only
-        saved_y = torch.empty(0, dtype=F._compute_dtype(scores.dtype))
-    return result, _on_device(saved_y, scores.device), _on_device(aux, scores.device)
+        saved_y = torch.empty(0, dtype=F._compute_dtype(dtype))
+    return _on_device(saved_y, device), _on_device(aux, device)
 
 
 def _on_device(state, device):
@@ -226,10 +231,7 @@ def batched_backward(saved_y, aux, grad_output, dim, kind, gamma, param):
     grad_output batched by torch's legacy vmap (``torch.autograd.grad(...,
     is_grads_batched=True)``), which cannot reach numpy: through the backward op, which
     that vmap runs once per batch entry."""
-    device = grad_output.device
-    if saved_y is None:
-        saved_y = torch.empty(0, dtype=F._compute_dtype(grad_output.dtype))
-    saved_y, aux = _on_device(saved_y, device), _on_device(aux, device)
+    saved_y, aux = _state_tensors(saved_y, aux, grad_output.dtype, grad_output.device)
     return mapping_backward(saved_y, aux, grad_output, dim, kind, gamma, param)
 
 

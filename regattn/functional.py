@@ -446,6 +446,16 @@ _NO_LAM_TANGENT = (
 )
 
 
+def _lam_products(ctx, vector, scores_grad, lam_grad):
+    """``_jacobian_product`` for _TensorLam: (for the scores, for lam_rows)."""
+    state = (ctx.y, ctx.aux, ctx.counts, vector, ctx.dim, ctx.kind, ctx.gamma)
+    if _legacy_batched(vector):
+        from . import _ops
+
+        return _ops.batched_lam_rows_backward(*state)
+    return lam_rows_backward(*state, scores_grad, lam_grad)
+
+
 class _TensorLam(torch.autograd.Function):
     """fusedmax or oscarmax with one lam per distribution, differentiable in lam
     (``lam_rows_forward``, ``lam_rows_backward``): it runs the CPU kernels, for
@@ -464,27 +474,14 @@ class _TensorLam(torch.autograd.Function):
         if lam_tangent is not None:
             raise NotImplementedError(_NO_LAM_TANGENT)
         # As for _CompiledMapping.jvp: the Jacobian in the scores is symmetric.
-        if _legacy_batched(scores_tangent):
-            from . import _ops
-
-            state = (ctx.y, ctx.aux, ctx.counts, scores_tangent, ctx.dim, ctx.kind, ctx.gamma)
-            return _ops.batched_lam_rows_backward(*state)[0]
-        return lam_rows_backward(
-            ctx.y, ctx.aux, ctx.counts, scores_tangent, ctx.dim, ctx.kind, ctx.gamma, True, False
-        )[0]
+        return _lam_products(ctx, scores_tangent, True, False)[0]
 
     @staticmethod
     @_first_order
     def backward(ctx, grad_output):
         if grad_output is None:  # not materialised: no gradient reached the output
             return None, None, None, None, None, None
-        state = (ctx.y, ctx.aux, ctx.counts, grad_output, ctx.dim, ctx.kind, ctx.gamma)
-        if _legacy_batched(grad_output):
-            from . import _ops
-
-            grad_scores, grad_lam = _ops.batched_lam_rows_backward(*state)
-        else:
-            grad_scores, grad_lam = lam_rows_backward(*state, *ctx.needs_input_grad[:2])
+        grad_scores, grad_lam = _lam_products(ctx, grad_output, *ctx.needs_input_grad[:2])
         if grad_lam is not None:
             dtype, device = ctx.lam_like
             grad_lam = grad_lam.to(device=device, dtype=dtype)
