@@ -51,9 +51,17 @@ def _check_tensor_param(name, value, allowed, ok):
     ``ok`` elementwise. Its shape is checked against the scores at the call."""
     if not value.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor, got {value.dtype}")
-    # One sync, at validation; a traced tensor has no values to check.
-    if value.numel() and not _traced(value) and not bool(ok(value.detach()).all()):
-        bad = value.detach()[~ok(value.detach())][0].item()
+    if value.numel() == 0 or _traced(value):  # a traced tensor has no values to check
+        return value
+    values = value.detach()  # under a torch.func transform: a wrapped tensor
+    if values.device.type == "cpu" and not _traced(values):
+        # numpy's elementwise operations cost a fraction of torch's on the few values
+        # a parameter has (one per row), a sizeable part of a decoder step's call.
+        good = ok(_numpy(values, torch.float64)).all()
+    else:
+        good = ok(values).all()  # one sync
+    if not good:
+        bad = values[~ok(values)][0].item()
         raise ValueError(
             f"{name} must be {allowed} elementwise, got a tensor of shape "
             f"{tuple(value.shape)} holding {bad!r}"
@@ -500,23 +508,25 @@ def _traced(scores):
 
 
 def _per_row(value, name, scores, dim):
-    """A tensor parameter with one value per row, shaped to broadcast against the
-    scores: it must broadcast to their shape without ``dim``."""
+    """A tensor parameter with one value per row, in the scores' shape without
+    ``dim``, to which it must broadcast."""
     rows_shape = scores.shape[:dim] + scores.shape[dim + 1 :]
-    try:
-        if torch.broadcast_shapes(value.shape, rows_shape) != rows_shape:
-            raise RuntimeError
-    except RuntimeError:
-        raise ValueError(
-            f"{name} of shape {tuple(value.shape)} does not broadcast to the scores' shape "
-            f"without dim {dim}, {tuple(rows_shape)} (one value per distribution)"
-        ) from None
+    if value.shape != rows_shape:  # the common case skips broadcast_shapes' cost
+        try:
+            if torch.broadcast_shapes(value.shape, rows_shape) != rows_shape:
+                raise RuntimeError
+        except RuntimeError:
+            raise ValueError(
+                f"{name} of shape {tuple(value.shape)} does not broadcast to the scores' "
+                f"shape without dim {dim}, {tuple(rows_shape)} (one value per distribution)"
+            ) from None
+        value = value.expand(rows_shape)
     if value.device != scores.device:
         raise ValueError(
             f"{name} is on {value.device} but scores are on {scores.device}: put both on "
             "the same device"
         )
-    return value.expand(rows_shape).unsqueeze(dim)
+    return value
 
 
 def _divided(scores, dim, mask, gamma):
@@ -528,7 +538,7 @@ def _divided(scores, dim, mask, gamma):
     kept = scores if mask is None else scores.masked_fill(~mask, -math.inf)
     top = kept.detach().amax(dim, keepdim=True)
     top = torch.where(torch.isfinite(top), top, 0.0)  # rows with +inf, NaN or no score
-    return (scores - top) / _per_row(gamma, "gamma", scores, dim).to(dtype)
+    return (scores - top) / _per_row(gamma, "gamma", scores, dim).unsqueeze(dim).to(dtype)
 
 
 def _compiled(scores, dim, mask, gamma, kind, param=0.0):
@@ -541,7 +551,7 @@ def _compiled(scores, dim, mask, gamma, kind, param=0.0):
         return result.to(dtype)
     traced = _traced(scores) or (mask is not None and _traced(mask))
     if isinstance(param, torch.Tensor):  # a learnable lam
-        lam_rows = _per_row(param, "lam", scores, dim).squeeze(dim)
+        lam_rows = _per_row(param, "lam", scores, dim)
         if traced or _traced(param):
             from . import _ops
 
@@ -664,7 +674,7 @@ def softmax(scores, dim=-1, *, gamma=1.0, mask=None):
     mask = _check_mask(mask, scores)
     z = scores.to(_compute_dtype(scores.dtype))
     if isinstance(gamma, torch.Tensor):
-        z = z / _per_row(gamma, "gamma", z, dim).to(z.dtype)
+        z = z / _per_row(gamma, "gamma", z, dim).unsqueeze(dim).to(z.dtype)
     elif gamma != 1.0:
         z = z / gamma
     if _traced(scores) or (mask is not None and _traced(mask)):

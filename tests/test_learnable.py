@@ -110,6 +110,11 @@ def test_losses_and_max_omega_differentiate_gamma(name):
         ),
         (torch.tensor([1.0, -2.0, 1.0, 1.0]), ValueError, r"gamma must be finite and > 0.*-2\.0"),
         (torch.tensor([1.0, float("nan"), 1.0, 1.0]), ValueError, r"gamma must be finite"),
+        (  # checked in float64 (numpy has no bfloat16)
+            torch.tensor([1.0, -2.0, 1.0, 1.0], dtype=torch.bfloat16),
+            ValueError,
+            r"gamma must be finite and > 0.*-2\.0",
+        ),
         (torch.tensor([1.0, float("inf"), 1.0, 1.0]), ValueError, r"gamma must be finite"),
         (torch.tensor([1, 2, 1, 1]), TypeError, r"gamma must be a floating-point tensor"),
         (torch.ones(5), ValueError, r"gamma of shape \(5,\) does not broadcast to .*\(3, 4\)"),
