@@ -4,13 +4,17 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
+# Extra pip options for torch, installed first and exactly: where pip would take PyPI's
+# multi-GB CUDA build, TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu"
+# takes the CPU build.
+TORCH_PIP_ARGS ?=
 
 .PHONY: install test lint format bench clean data-samples smoke reproduce docs
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet torch==2.13.0
+	$(PIP) install --quiet torch==2.13.0 $(TORCH_PIP_ARGS)
 	$(PIP) install --quiet -c constraints.txt -e ".[train,test]"
 	touch $(STAMP)
 
