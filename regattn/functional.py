@@ -307,7 +307,7 @@ class _CompiledMapping(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output):
         if torch.is_grad_enabled():  # create_graph=True: a second derivative may follow
-            return _backward_once_differentiable(ctx, grad_output)
+            return _backward_first_order(ctx, grad_output)
         return _backward(ctx, grad_output)
 
     @staticmethod
@@ -393,7 +393,7 @@ def _first_order(backward):
 
 # Plain backward, the common case, skips the wrapper's cost (a sizeable part of a
 # decoder step's call).
-_backward_once_differentiable = _first_order(_backward)
+_backward_first_order = _first_order(_backward)
 
 
 def lam_rows_forward(scores, lam_rows, dim, mask, kind, gamma):
