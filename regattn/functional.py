@@ -53,7 +53,9 @@ def _check_tensor_param(name, value, allowed, ok):
         raise TypeError(f"{name} must be a floating-point tensor, got {value.dtype}")
     if value.numel() == 0 or _traced(value):  # a traced tensor has no values to check
         return value
-    values = value.detach()  # under a torch.func transform: a wrapped tensor
+    # Under a torch.func transform detach() returns a wrapped tensor, which numpy cannot
+    # read: it keeps the torch check.
+    values = value.detach()
     if values.device.type == "cpu" and not _traced(values):
         # numpy's elementwise operations cost a fraction of torch's on the few values
         # a parameter has (one per row), a sizeable part of a decoder step's call.
